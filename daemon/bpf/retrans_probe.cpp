@@ -1,0 +1,207 @@
+#include "bpf/retrans_probe.h"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <spdlog/spdlog.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "bpf/map_reader.h"
+#include "retrans.skel.h"
+
+namespace kpulse {
+
+namespace {
+
+constexpr const char* kTracefs = "/sys/kernel/tracing";
+
+std::string Errno(int err) { return std::strerror(err < 0 ? -err : err); }
+
+// Number of arguments of a BTF-typed tracepoint (btf_trace_<name> is a typedef of a pointer to
+// a function prototype whose first parameter is the context), or -1 when the kernel has none.
+int TracepointArgCount(const btf* vmlinux, const char* tracepoint) {
+  const std::string name = std::string("btf_trace_") + tracepoint;
+  const int id = btf__find_by_name_kind(vmlinux, name.c_str(), BTF_KIND_TYPEDEF);
+  if (id < 0) return -1;
+  const btf_type* type = btf__type_by_id(vmlinux, static_cast<__u32>(id));
+  type = type ? btf__type_by_id(vmlinux, type->type) : nullptr;  // the pointer
+  type = type && btf_is_ptr(type) ? btf__type_by_id(vmlinux, type->type) : nullptr;
+  if (!type || !btf_is_func_proto(type)) return -1;
+  return btf_vlen(type) - 1;
+}
+
+// The classic tracepoint fallback finds event ids in tracefs, which some hosts leave unmounted.
+void EnsureTracefsMounted() {
+  struct stat st {};
+  if (stat((std::string(kTracefs) + "/events").c_str(), &st) == 0) return;
+  if (mount("nodev", kTracefs, "tracefs", 0, nullptr) == 0) {
+    spdlog::info("mounted tracefs at {} for the classic tracepoint fallback", kTracefs);
+  } else {
+    spdlog::warn("tracefs is not mounted at {} and mounting it failed ({}); classic tracepoints "
+                 "cannot attach",
+                 kTracefs, Errno(errno));
+  }
+}
+
+// net.ipv4.ip_local_port_range of the daemon's network namespace (the host's, for a node agent).
+std::pair<uint16_t, uint16_t> EphemeralPortRange() {
+  std::ifstream file("/proc/sys/net/ipv4/ip_local_port_range");
+  unsigned lo = 0, hi = 0;
+  if (file >> lo >> hi && lo <= hi && hi <= 65535) {
+    return {static_cast<uint16_t>(lo), static_cast<uint16_t>(hi)};
+  }
+  spdlog::warn("cannot read net.ipv4.ip_local_port_range; assuming 32768-60999");
+  return {32768, 60999};
+}
+
+}  // namespace
+
+std::string_view ToString(RetransVariant variant) {
+  switch (variant) {
+    case RetransVariant::kTpBtfWithErr:
+    case RetransVariant::kTpBtf:
+      return "tp_btf";
+    case RetransVariant::kTracepoint:
+      return "tracepoint";
+  }
+  return "unknown";
+}
+
+RetransKernelFeatures ProbeRetransKernelFeatures() {
+  RetransKernelFeatures features;
+  btf* vmlinux = btf__load_vmlinux_btf();
+  if (!vmlinux) {
+    spdlog::warn("kernel BTF is not readable ({}); CO-RE programs will not load",
+                 Errno(errno));
+    return features;
+  }
+  const int skb_args = TracepointArgCount(vmlinux, "tcp_retransmit_skb");
+  const int synack_args = TracepointArgCount(vmlinux, "tcp_retransmit_synack");
+  features.tp_btf = skb_args >= 2 && synack_args >= 2;
+  features.reports_errors = skb_args >= 3;
+  btf__free(vmlinux);
+  return features;
+}
+
+tl::expected<RetransVariant, std::string> ChooseRetransVariant(
+    RetransHook hook, const RetransKernelFeatures& kernel) {
+  if (hook == RetransHook::kTracepoint) return RetransVariant::kTracepoint;
+  if (kernel.tp_btf) {
+    return kernel.reports_errors ? RetransVariant::kTpBtfWithErr : RetransVariant::kTpBtf;
+  }
+  if (hook == RetransHook::kTpBtf) {
+    return tl::unexpected(std::string(
+        "hook tp_btf requested, but the kernel's BTF has no tcp_retransmit_skb/synack tracepoint "
+        "types"));
+  }
+  return RetransVariant::kTracepoint;
+}
+
+void RetransProbe::SkeletonDeleter::operator()(retrans_bpf* skeleton) const {
+  retrans_bpf__destroy(skeleton);
+}
+
+tl::expected<RetransProbe::Skeleton, std::string> RetransProbe::LoadAndAttach(
+    const RetransConfig& config, RetransVariant variant) {
+  Skeleton skeleton(retrans_bpf__open());
+  if (!skeleton) return tl::unexpected("opening the retrans BPF object failed: " + Errno(errno));
+
+  auto& progs = skeleton->progs;
+  const bool tp_btf = variant != RetransVariant::kTracepoint;
+  bpf_program__set_autoload(progs.retransmit_skb_btf, variant == RetransVariant::kTpBtfWithErr);
+  bpf_program__set_autoload(progs.retransmit_skb_btf_noerr, variant == RetransVariant::kTpBtf);
+  bpf_program__set_autoload(progs.retransmit_synack_btf, tp_btf);
+  bpf_program__set_autoload(progs.retransmit_skb_tp, !tp_btf);
+  bpf_program__set_autoload(progs.retransmit_synack_tp, !tp_btf);
+
+  auto& rodata = *skeleton->rodata;
+  rodata.track_flows = config.flow_labels != FlowLabels::kNone;
+  rodata.flow_remote_only = config.flow_labels == FlowLabels::kRemote;
+  rodata.fold_ephemeral = config.fold_ephemeral_ports;
+  std::tie(rodata.ephemeral_lo, rodata.ephemeral_hi) = EphemeralPortRange();
+
+  // An unused flow map still needs a size; keep it minimal when flows are not tracked.
+  const uint32_t flows = rodata.track_flows ? config.max_flows : 1;
+  if (int err = bpf_map__set_max_entries(skeleton->maps.retrans_flows, flows); err != 0) {
+    return tl::unexpected("sizing retrans_flows failed: " + Errno(err));
+  }
+  if (int err = bpf_map__set_max_entries(skeleton->maps.retrans_cgroups, config.max_cgroups);
+      err != 0) {
+    return tl::unexpected("sizing retrans_cgroups failed: " + Errno(err));
+  }
+
+  if (int err = retrans_bpf__load(skeleton.get()); err != 0) {
+    return tl::unexpected("loading the retrans BPF programs (" + std::string(ToString(variant)) +
+                          ") failed: " + Errno(err));
+  }
+  if (!tp_btf) EnsureTracefsMounted();
+  if (int err = retrans_bpf__attach(skeleton.get()); err != 0) {
+    return tl::unexpected("attaching the retrans BPF programs (" +
+                          std::string(ToString(variant)) + ") failed: " + Errno(err));
+  }
+  return skeleton;
+}
+
+std::unique_ptr<RetransProbe> RetransProbe::Start(const RetransConfig& config) {
+  const RetransKernelFeatures kernel = ProbeRetransKernelFeatures();
+  auto variant = ChooseRetransVariant(config.hook, kernel);
+  if (!variant) throw std::runtime_error("tcp_retransmit: " + variant.error());
+
+  auto skeleton = LoadAndAttach(config, *variant);
+  if (!skeleton && config.hook == RetransHook::kAuto && *variant != RetransVariant::kTracepoint) {
+    spdlog::warn("tcp_retransmit: {}; falling back to the classic tracepoint", skeleton.error());
+    variant = RetransVariant::kTracepoint;
+    skeleton = LoadAndAttach(config, *variant);
+  }
+  if (!skeleton) throw std::runtime_error("tcp_retransmit: " + skeleton.error());
+  spdlog::info("tcp_retransmit: attached via {} (failed attempts {})", ToString(*variant),
+               kernel.reports_errors ? "counted apart" : "not reported by this kernel");
+  return std::unique_ptr<RetransProbe>(
+      new RetransProbe(std::move(*skeleton), *variant, kernel.reports_errors));
+}
+
+RetransProbe::RetransProbe(Skeleton skeleton, RetransVariant variant, bool reports_failures)
+    : skeleton_(std::move(skeleton)), variant_(variant), reports_failures_(reports_failures) {}
+
+RetransProbe::~RetransProbe() = default;
+
+std::string_view RetransProbe::hook() const { return ToString(variant_); }
+
+tl::expected<RetransSnapshot, std::string> RetransProbe::Snapshot() const {
+  RetransSnapshot snapshot;
+  const auto& maps = skeleton_->maps;
+
+  auto totals = ReadPerCpuValue<retrans_totals>(
+      bpf_map__fd(maps.retrans_totals), "retrans_totals", 0,
+      [](retrans_totals& sum, const retrans_totals& cpu) {
+        for (int kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
+          sum.segments[kind] += cpu.segments[kind];
+          sum.failures[kind] += cpu.failures[kind];
+          sum.cgroup_overflow[kind] += cpu.cgroup_overflow[kind];
+        }
+        sum.flows_created += cpu.flows_created;
+        sum.flow_update_failures += cpu.flow_update_failures;
+      });
+  if (!totals) return tl::unexpected(totals.error());
+  snapshot.totals = *totals;
+
+  snapshot.cgroup_capacity = bpf_map__max_entries(maps.retrans_cgroups);
+  auto cgroups = ReadHashMap<retrans_cgroup_key, retrans_cgroup_value>(
+      bpf_map__fd(maps.retrans_cgroups), "retrans_cgroups", snapshot.cgroup_capacity);
+  if (!cgroups) return tl::unexpected(cgroups.error());
+  snapshot.cgroups = std::move(*cgroups);
+
+  snapshot.flow_capacity = bpf_map__max_entries(maps.retrans_flows);
+  auto flows = ReadHashMap<retrans_flow_key, retrans_flow_value>(
+      bpf_map__fd(maps.retrans_flows), "retrans_flows", snapshot.flow_capacity);
+  if (!flows) return tl::unexpected(flows.error());
+  snapshot.flows = std::move(*flows);
+  return snapshot;
+}
+
+}  // namespace kpulse

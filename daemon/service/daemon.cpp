@@ -1,0 +1,146 @@
+#include "service/daemon.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+
+#include "bpf/libbpf_log.h"
+#include "bpf/retrans_probe.h"
+#include "cgroup/cgroup_resolver.h"
+#include "collect/retrans_collector.h"
+#include "collect/self_collector.h"
+#include "http/http_server.h"
+#include "http/metrics_handler.h"
+#include "service/systemd_notify.h"
+#include "version.h"
+
+namespace kpulse {
+
+namespace {
+
+// Owns the signalfd that replaces asynchronous signal handlers.
+class SignalFd {
+ public:
+  SignalFd() {
+    sigemptyset(&set_);
+    for (int signal : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set_, signal);
+    // Blocked before any thread starts, so every later thread inherits the mask.
+    if (pthread_sigmask(SIG_BLOCK, &set_, nullptr) != 0) {
+      throw std::runtime_error("blocking signals failed");
+    }
+    fd_ = signalfd(-1, &set_, SFD_CLOEXEC);
+    if (fd_ < 0) throw std::runtime_error(std::string("signalfd failed: ") + strerror(errno));
+  }
+  ~SignalFd() { close(fd_); }
+  SignalFd(const SignalFd&) = delete;
+  SignalFd& operator=(const SignalFd&) = delete;
+
+  /// Waits up to `timeout_ms` (-1: forever); returns the signal number, or 0 on timeout.
+  int Wait(int timeout_ms) const {
+    pollfd pfd{fd_, POLLIN, 0};
+    const int ready = poll(&pfd, 1, timeout_ms);
+    if (ready <= 0) return 0;
+    signalfd_siginfo info{};
+    if (read(fd_, &info, sizeof(info)) != sizeof(info)) return 0;
+    return static_cast<int>(info.ssi_signo);
+  }
+
+ private:
+  sigset_t set_{};
+  int fd_ = -1;
+};
+
+CgroupPathLookup MakeCgroupLookup() {
+  auto root = FindCgroup2Mount();
+  if (!root) {
+    spdlog::warn("no cgroup2 mount in /proc/self/mountinfo; cgroup labels will be <unknown>");
+    return [](uint64_t) -> std::optional<std::string> { return "<unknown>"; };
+  }
+  spdlog::info("cgroup v2 hierarchy at {}", *root);
+  auto resolver = std::make_shared<CgroupResolver>(*root);
+  return [resolver](uint64_t id) { return resolver->PathOf(id); };
+}
+
+}  // namespace
+
+int RunDaemon(const Config& config) {
+  SignalFd signals;
+  SystemdNotifier systemd;
+  RouteLibbpfLogToSpdlog();
+  spdlog::info("kpulse {} starting with {}", kVersion, config.source);
+
+  const CgroupPathLookup cgroup_path = MakeCgroupLookup();
+  MetricsEndpoint metrics;
+  std::vector<ProbeStatus> statuses;
+
+  std::unique_ptr<RetransProbe> retrans;
+  if (config.tcp_retransmit.enabled) {
+    ProbeStatus status{"tcp_retransmit", false, ""};
+    try {
+      retrans = RetransProbe::Start(config.tcp_retransmit);
+      status.up = true;
+      status.hook = std::string(retrans->hook());
+    } catch (const std::exception& e) {
+      if (config.tcp_retransmit.required) throw;
+      spdlog::error("{}; continuing without it (probes.tcp_retransmit.required is false)",
+                    e.what());
+    }
+    statuses.push_back(status);
+  }
+  if (retrans) {
+    metrics.Add(std::make_shared<RetransCollector>(*retrans, cgroup_path, config.tcp_retransmit));
+  }
+  metrics.Add(std::make_shared<SelfCollector>(statuses));
+
+  HttpServer::Options options;
+  options.listen = config.http.listen_addresses;
+  options.connection_timeout_seconds = config.http.connection_timeout_seconds;
+  options.max_connections = config.http.max_connections;
+  HttpServer server(std::move(options));
+  server.Route("/metrics", [&metrics](const HttpRequest& request) { return metrics.Render(request); });
+  server.Route("/healthz", [](const HttpRequest&) { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+  server.Route("/", [](const HttpRequest&) {
+    return HttpResponse{200, "text/html; charset=utf-8",
+                        "<html><head><title>kpulse</title></head><body><h1>kpulse</h1>"
+                        "<p><a href=\"/metrics\">Metrics</a></p></body></html>\n"};
+  });
+  server.Start();
+
+  std::string listening;
+  for (const auto& address : config.http.listen_addresses) {
+    listening += (listening.empty() ? "" : ", ") + address.text;
+  }
+  size_t up = 0;
+  for (const auto& status : statuses) up += status.up ? 1 : 0;
+  const std::string status_line = "serving /metrics on " + listening + "; " +
+                                  std::to_string(up) + "/" + std::to_string(statuses.size()) +
+                                  " probes attached";
+  spdlog::info("{}", status_line);
+  systemd.Ready(status_line);
+
+  const auto watchdog = systemd.watchdog_interval();
+  const int wait_ms = watchdog ? static_cast<int>(watchdog->count() / 2000) : -1;
+  for (;;) {
+    const int signal = signals.Wait(wait_ms);
+    if (watchdog) systemd.WatchdogPing();
+    if (signal == SIGINT || signal == SIGTERM) {
+      spdlog::info("received {}, stopping", strsignal(signal));
+      break;
+    }
+    if (signal == SIGHUP) {
+      spdlog::warn("SIGHUP: configuration reload is not supported yet; restart kpulse to apply "
+                   "changes");
+    }
+  }
+  systemd.Stopping();
+  return 0;  // server, collectors and probes are destroyed in reverse order: links detach
+}
+
+}  // namespace kpulse
