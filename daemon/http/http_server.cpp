@@ -1,0 +1,338 @@
+#include "http/http_server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <climits>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+#include <utility>
+
+namespace kpulse {
+
+namespace {
+
+using Routes = std::map<std::string, HttpHandler>;
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// Bodies up to this size are sent as they are: compressing them saves little.
+constexpr size_t kGzipMinimumBytes = 1024;
+
+constexpr int kListenBacklog = 128;
+
+// Marks a request that has been answered, for libmicrohttpd's per-request state pointer.
+char answered_marker;
+
+std::string_view Trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+  return text;
+}
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// The q value of one Accept-Encoding element's parameters ("q=0.5"); 1 when absent.
+double QualityOf(std::string_view parameters) {
+  while (!parameters.empty()) {
+    const size_t semicolon = parameters.find(';');
+    std::string_view parameter = Trim(parameters.substr(0, semicolon));
+    parameters =
+        semicolon == std::string_view::npos ? std::string_view() : parameters.substr(semicolon + 1);
+    const size_t equals = parameter.find('=');
+    if (equals == std::string_view::npos) continue;
+    if (!EqualsIgnoreCase(Trim(parameter.substr(0, equals)), "q")) continue;
+    const std::string value(Trim(parameter.substr(equals + 1)));
+    char* end = nullptr;
+    const double q = std::strtod(value.c_str(), &end);
+    return end == value.c_str() ? 0.0 : q;
+  }
+  return 1.0;
+}
+
+// RFC 9110 section 12.5.3: gzip is acceptable if listed (or covered by "*") with q > 0.
+bool AcceptsGzip(std::string_view accept_encoding) {
+  std::optional<double> gzip;
+  std::optional<double> wildcard;
+  while (!accept_encoding.empty()) {
+    const size_t comma = accept_encoding.find(',');
+    const std::string_view element = accept_encoding.substr(0, comma);
+    accept_encoding =
+        comma == std::string_view::npos ? std::string_view() : accept_encoding.substr(comma + 1);
+    const size_t semicolon = element.find(';');
+    const std::string_view coding = Trim(element.substr(0, semicolon));
+    const double q =
+        semicolon == std::string_view::npos ? 1.0 : QualityOf(element.substr(semicolon + 1));
+    if (EqualsIgnoreCase(coding, "gzip") || EqualsIgnoreCase(coding, "x-gzip")) {
+      gzip = q;
+    } else if (coding == "*") {
+      wildcard = q;
+    }
+  }
+  if (gzip) return *gzip > 0;
+  return wildcard && *wildcard > 0;
+}
+
+// gzip (RFC 1952) of `input`, or nullopt if zlib fails.
+std::optional<std::string> Gzip(std::string_view input) {
+  if (input.size() > UINT_MAX) return std::nullopt;
+  z_stream stream{};
+  constexpr int kGzipWindowBits = 15 + 16;  // 32 KiB window, gzip header and trailer.
+  constexpr int kMemoryLevel = 8;
+  if (deflateInit2(&stream, Z_DEFAULT_COMPRESSION, Z_DEFLATED, kGzipWindowBits, kMemoryLevel,
+                   Z_DEFAULT_STRATEGY) != Z_OK) {
+    return std::nullopt;
+  }
+  std::string output(deflateBound(&stream, static_cast<uLong>(input.size())), '\0');
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(input.data()));
+  stream.avail_in = static_cast<uInt>(input.size());
+  stream.next_out = reinterpret_cast<Bytef*>(output.data());
+  stream.avail_out = static_cast<uInt>(output.size());
+  const int result = deflate(&stream, Z_FINISH);
+  output.resize(stream.total_out);
+  deflateEnd(&stream);
+  if (result != Z_STREAM_END) return std::nullopt;
+  return output;
+}
+
+// True for libmicrohttpd messages about one client's behaviour (hang-ups, malformed requests),
+// which any exporter on a network sees routinely. A port scan must not flood the log at warning
+// level, so these go to debug; everything else (limits, resources, start-up) is a warning.
+bool IsAboutOneClient(std::string_view message) {
+  constexpr std::string_view kClientPhrases[] = {
+      "remote",  // "closed by remote side", "forcibly closed by remote peer"
+      "Socket has been disconnected",
+      "Connection socket is closed",
+      "Failed to send",
+      "Error processing request",
+      "`Host' header",
+      "`Content-Length' header",
+  };
+  return std::any_of(std::begin(kClientPhrases), std::end(kClientPhrases),
+                     [message](std::string_view phrase) {
+                       return message.find(phrase) != std::string_view::npos;
+                     });
+}
+
+void LogFromMicrohttpd(void* /*cls*/, const char* format, va_list arguments) {
+  char message[512];
+  std::vsnprintf(message, sizeof(message), format, arguments);
+  std::string_view text(message);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
+  spdlog::log(IsAboutOneClient(text) ? spdlog::level::debug : spdlog::level::warn,
+              "libmicrohttpd: {}", text);
+}
+
+MHD_Result CollectQueryArgument(void* cls, MHD_ValueKind /*kind*/, const char* key,
+                                const char* value) {
+  auto* query = static_cast<std::map<std::string, std::string>*>(cls);
+  query->emplace(key, value != nullptr ? value : "");
+  return MHD_YES;
+}
+
+HttpResponse PlainResponse(unsigned status, std::string body) {
+  HttpResponse response;
+  response.status = status;
+  response.body = std::move(body);
+  return response;
+}
+
+HttpResponse RunHandler(const HttpHandler& handler, const HttpRequest& request) {
+  try {
+    return handler(request);
+  } catch (const std::exception& e) {
+    spdlog::error("HTTP handler for {} {} failed: {}", request.method, request.path, e.what());
+  } catch (...) {
+    spdlog::error("HTTP handler for {} {} failed with a non-standard exception", request.method,
+                  request.path);
+  }
+  return PlainResponse(500, "internal server error\n");
+}
+
+// Routing and method policy; adds any extra headers the answer needs to `headers`.
+HttpResponse Dispatch(const Routes& routes, const HttpRequest& request, Headers& headers) {
+  const auto route = routes.find(request.path);
+  if (route == routes.end()) return PlainResponse(404, "not found\n");
+  if (request.method != MHD_HTTP_METHOD_GET && request.method != MHD_HTTP_METHOD_HEAD) {
+    headers.emplace_back(MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    return PlainResponse(405, "method not allowed\n");
+  }
+  return RunHandler(route->second, request);
+}
+
+void CompressIfWorthIt(const HttpRequest& request, HttpResponse& response, Headers& headers) {
+  if (response.body.size() <= kGzipMinimumBytes) return;
+  // The representation depends on Accept-Encoding from this size on, whatever this client sent.
+  headers.emplace_back(MHD_HTTP_HEADER_VARY, MHD_HTTP_HEADER_ACCEPT_ENCODING);
+  if (!request.accepts_gzip) return;
+  auto compressed = Gzip(response.body);
+  if (!compressed) {
+    spdlog::warn("gzip failed for {}; sending the body uncompressed", request.path);
+    return;
+  }
+  response.body = std::move(*compressed);
+  headers.emplace_back(MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip");
+}
+
+MHD_Result Send(MHD_Connection* connection, const HttpResponse& response, const Headers& headers) {
+  // MUST_COPY: libmicrohttpd keeps its own copy, so `response` may die when we return.
+  MHD_Response* reply = MHD_create_response_from_buffer(
+      response.body.size(), const_cast<char*>(response.body.data()), MHD_RESPMEM_MUST_COPY);
+  if (reply == nullptr) return MHD_NO;
+  MHD_Result result =
+      MHD_add_response_header(reply, MHD_HTTP_HEADER_CONTENT_TYPE, response.content_type.c_str());
+  for (const auto& [name, value] : headers) {
+    if (result == MHD_YES) result = MHD_add_response_header(reply, name.c_str(), value.c_str());
+  }
+  if (result == MHD_YES) result = MHD_queue_response(connection, response.status, reply);
+  MHD_destroy_response(reply);
+  return result;
+}
+
+// libmicrohttpd's access handler. It answers on the first call, once the headers are in: no
+// route takes a request body, and libmicrohttpd closes the connection after the reply if the
+// client sent one. Nothing may throw out of here into C code.
+MHD_Result HandleRequest(void* cls, MHD_Connection* connection, const char* url, const char* method,
+                         const char* /*version*/, const char* /*upload_data*/,
+                         size_t* upload_data_size, void** request_state) {
+  if (*request_state == &answered_marker) {
+    *upload_data_size = 0;  // Discard a body we did not ask for.
+    return MHD_YES;
+  }
+  *request_state = &answered_marker;
+  try {
+    HttpRequest request;
+    request.method = method;
+    request.path = url;
+    MHD_get_connection_values(connection, MHD_GET_ARGUMENT_KIND, &CollectQueryArgument,
+                              &request.query);
+    const char* accept_encoding =
+        MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT_ENCODING);
+    request.accepts_gzip = accept_encoding != nullptr && AcceptsGzip(accept_encoding);
+
+    Headers headers;
+    HttpResponse response = Dispatch(*static_cast<const Routes*>(cls), request, headers);
+    CompressIfWorthIt(request, response, headers);
+    return Send(connection, response, headers);
+  } catch (const std::exception& e) {
+    spdlog::error("HTTP request {} {} failed: {}", method, url, e.what());
+  } catch (...) {
+    spdlog::error("HTTP request {} {} failed", method, url);
+  }
+  return MHD_NO;  // Closes the connection.
+}
+
+std::runtime_error ListenError(const ListenAddress& address, int error) {
+  return std::runtime_error("cannot listen on " + address.text + ": " + std::strerror(error));
+}
+
+// A bound, listening, non-blocking socket for `address`. We bind it ourselves rather than let
+// libmicrohttpd do it (MHD_OPTION_SOCK_ADDR), because libmicrohttpd does not report errno when
+// it fails, and the message must say why.
+int OpenListenSocket(const ListenAddress& address) {
+  const int fd = socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw ListenError(address, errno);
+  const int on = 1;
+  // Set IPV6_V6ONLY either way: the default comes from a sysctl (net.ipv6.bindv6only).
+  const int v6only = address.dual_stack ? 0 : 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+      (address.family() == AF_INET6 &&
+       setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only)) != 0) ||
+      bind(fd, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0 ||
+      listen(fd, kListenBacklog) != 0) {
+    const int error = errno;
+    close(fd);
+    throw ListenError(address, error);
+  }
+  return fd;
+}
+
+uint16_t LocalPort(int fd) {
+  sockaddr_storage local{};
+  socklen_t length = sizeof(local);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) != 0) return 0;
+  if (local.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
+  }
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port);
+}
+
+}  // namespace
+
+HttpServer::HttpServer(Options options) : options_(std::move(options)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+void HttpServer::Route(std::string path, HttpHandler handler) {
+  if (started_) throw std::logic_error("HttpServer::Route called after Start");
+  routes_.insert_or_assign(std::move(path), std::move(handler));
+}
+
+void HttpServer::Start() {
+  if (started_) throw std::logic_error("HttpServer::Start called twice");
+  started_ = true;
+  for (const ListenAddress& address : options_.listen) {
+    int fd = -1;
+    try {
+      fd = OpenListenSocket(address);
+    } catch (...) {
+      Stop();
+      throw;
+    }
+    const uint16_t port = LocalPort(fd);
+
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    if (address.family() == AF_INET6) {
+      flags |= address.dual_stack ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
+    }
+    auto* logger = &LogFromMicrohttpd;
+    // clang-format off
+    MHD_Daemon* daemon = MHD_start_daemon(
+        flags, 0, nullptr, nullptr, &HandleRequest, &routes_,
+        // First, so that every message from option parsing goes through it too.
+        MHD_OPTION_EXTERNAL_LOGGER, logger, nullptr,
+        MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_THREAD_POOL_SIZE, std::max(options_.threads, 1u),
+        MHD_OPTION_CONNECTION_TIMEOUT, options_.connection_timeout_seconds,
+        MHD_OPTION_CONNECTION_LIMIT, std::max(options_.max_connections, 1u),
+        MHD_OPTION_END);
+    // clang-format on
+    if (daemon == nullptr) {
+      // Whether libmicrohttpd already closed `fd` on this path is version-dependent; leaking one
+      // descriptor on a fatal start-up error is safer than closing someone else's.
+      Stop();
+      throw std::runtime_error("cannot listen on " + address.text +
+                               ": libmicrohttpd failed to start (see the log above)");
+    }
+    daemons_.push_back(daemon);  // The daemon now owns `fd` and closes it when stopped.
+    ports_.push_back(port);
+  }
+}
+
+std::vector<uint16_t> HttpServer::BoundPorts() const { return ports_; }
+
+void HttpServer::Stop() {
+  for (MHD_Daemon* daemon : daemons_) MHD_stop_daemon(daemon);
+  daemons_.clear();
+  ports_.clear();
+}
+
+}  // namespace kpulse

@@ -1,0 +1,535 @@
+#include "http/http_server.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "http/listen_address.h"
+#include "http/metrics_handler.h"
+
+namespace kpulse {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// --- A tiny blocking HTTP/1.1 client on plain sockets. ---
+
+class Socket {
+ public:
+  explicit Socket(int fd) : fd_(fd) {}
+  ~Socket() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Socket& operator=(Socket&&) = delete;
+  Socket(const Socket&) = delete;
+  Socket& operator=(const Socket&) = delete;
+
+  int fd() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+
+ private:
+  int fd_;
+};
+
+// Connects to 127.0.0.1 or [::1]; reads and writes time out after 5 s so a broken server fails
+// the test instead of hanging it. Returns an invalid socket (and records a failure) on error.
+Socket ConnectLoopback(int family, uint16_t port) {
+  Socket sock(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!sock.valid()) {
+    ADD_FAILURE() << "socket: " << std::strerror(errno);
+    return sock;
+  }
+  const timeval timeout{5, 0};
+  setsockopt(sock.fd(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  setsockopt(sock.fd(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  if (family == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&address);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    length = sizeof(sockaddr_in);
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&address);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    sin6->sin6_addr = in6addr_loopback;
+    length = sizeof(sockaddr_in6);
+  }
+  if (connect(sock.fd(), reinterpret_cast<const sockaddr*>(&address), length) != 0) {
+    ADD_FAILURE() << "connect to port " << port << ": " << std::strerror(errno);
+    return Socket(-1);
+  }
+  return sock;
+}
+
+bool SendAll(const Socket& sock, std::string_view data) {
+  while (!data.empty()) {
+    const ssize_t sent = send(sock.fd(), data.data(), data.size(), MSG_NOSIGNAL);
+    if (sent <= 0) {
+      ADD_FAILURE() << "send: " << std::strerror(errno);
+      return false;
+    }
+    data.remove_prefix(static_cast<size_t>(sent));
+  }
+  return true;
+}
+
+// Reads until the server closes the connection (the requests say "Connection: close").
+std::string ReadToEnd(const Socket& sock) {
+  std::string data;
+  char buffer[16384];
+  for (;;) {
+    const ssize_t got = recv(sock.fd(), buffer, sizeof(buffer), 0);
+    if (got == 0) return data;
+    if (got < 0) {
+      ADD_FAILURE() << "recv: " << std::strerror(errno);
+      return data;
+    }
+    data.append(buffer, static_cast<size_t>(got));
+  }
+}
+
+struct Reply {
+  int status = 0;                              // 0: no valid reply.
+  std::map<std::string, std::string> headers;  // Names in lower case.
+  std::string body;
+
+  std::string Header(const std::string& lower_case_name) const {
+    const auto it = headers.find(lower_case_name);
+    return it == headers.end() ? "" : it->second;
+  }
+};
+
+Reply ParseReply(const std::string& raw) {
+  Reply reply;
+  const size_t head_end = raw.find("\r\n\r\n");
+  if (raw.rfind("HTTP/1.1 ", 0) != 0 || head_end == std::string::npos) {
+    ADD_FAILURE() << "not an HTTP/1.1 reply: '" << raw << "'";
+    return reply;
+  }
+  reply.status = std::stoi(raw.substr(9, 3));
+  size_t line_start = raw.find("\r\n") + 2;
+  while (line_start < head_end) {
+    const size_t line_end = raw.find("\r\n", line_start);
+    const std::string line = raw.substr(line_start, line_end - line_start);
+    const size_t colon = line.find(':');
+    if (colon != std::string::npos) {
+      std::string name = line.substr(0, colon);
+      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      const size_t value_start = line.find_first_not_of(' ', colon + 1);
+      reply.headers[name] = value_start == std::string::npos ? "" : line.substr(value_start);
+    }
+    line_start = line_end + 2;
+  }
+  reply.body = raw.substr(head_end + 4);
+  return reply;
+}
+
+// One request on a fresh connection. `extra_headers` are complete "Name: value\r\n" lines;
+// `body` goes after the header block as it is.
+Reply Fetch(int family, uint16_t port, std::string_view method, std::string_view target,
+            std::string_view extra_headers = "", std::string_view body = "") {
+  const Socket sock = ConnectLoopback(family, port);
+  if (!sock.valid()) return {};
+  const std::string request = std::string(method) + " " + std::string(target) +
+                              " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
+                              std::string(extra_headers) + "\r\n" + std::string(body);
+  if (!SendAll(sock, request)) return {};
+  return ParseReply(ReadToEnd(sock));
+}
+
+// --- Helpers. ---
+
+ListenAddress Address(const std::string& text) {
+  auto address = ParseListenAddress(text);
+  if (!address) throw std::invalid_argument(address.error());
+  return *address;
+}
+
+HttpServer::Options OptionsFor(const std::vector<std::string>& addresses) {
+  HttpServer::Options options;
+  for (const auto& text : addresses) options.listen.push_back(Address(text));
+  return options;
+}
+
+HttpResponse Hello(const HttpRequest&) { return HttpResponse{200, "text/plain", "hello\n"}; }
+
+// About 40 KiB of text that compresses well but is not one repeated byte.
+std::string LargeBody() {
+  std::string body;
+  for (int i = 0; i < 1000; ++i) body += "line " + std::to_string(i) + " of a large body\n";
+  return body;
+}
+
+std::string Gunzip(const std::string& compressed) {
+  z_stream stream{};
+  if (inflateInit2(&stream, 15 + 16) != Z_OK) throw std::runtime_error("inflateInit2 failed");
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
+  stream.avail_in = static_cast<uInt>(compressed.size());
+  std::string output;
+  char buffer[16384];
+  int result = Z_OK;
+  while (result == Z_OK) {
+    stream.next_out = reinterpret_cast<Bytef*>(buffer);
+    stream.avail_out = sizeof(buffer);
+    result = inflate(&stream, Z_NO_FLUSH);
+    output.append(buffer, sizeof(buffer) - stream.avail_out);
+  }
+  inflateEnd(&stream);
+  if (result != Z_STREAM_END) throw std::runtime_error("not a complete gzip stream");
+  return output;
+}
+
+// --- HttpServer. ---
+
+TEST(HttpServer, ServesRouteOverIpv4) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/hello", Hello);
+  server.Start();
+
+  const Reply reply = Fetch(AF_INET, server.BoundPorts().at(0), "GET", "/hello");
+  EXPECT_EQ(reply.status, 200);
+  EXPECT_EQ(reply.Header("content-type"), "text/plain");
+  EXPECT_EQ(reply.Header("content-length"), "6");
+  EXPECT_EQ(reply.body, "hello\n");
+}
+
+TEST(HttpServer, ServesRouteOverIpv6) {
+  HttpServer server(OptionsFor({"[::1]:0"}));
+  server.Route("/hello", Hello);
+  server.Start();
+
+  const Reply reply = Fetch(AF_INET6, server.BoundPorts().at(0), "GET", "/hello");
+  EXPECT_EQ(reply.status, 200);
+  EXPECT_EQ(reply.body, "hello\n");
+}
+
+TEST(HttpServer, DualStackAddressServesIpv4AndIpv6) {
+  HttpServer server(OptionsFor({":0"}));
+  server.Route("/hello", Hello);
+  server.Start();
+  const uint16_t port = server.BoundPorts().at(0);
+
+  EXPECT_EQ(Fetch(AF_INET, port, "GET", "/hello").body, "hello\n");
+  EXPECT_EQ(Fetch(AF_INET6, port, "GET", "/hello").body, "hello\n");
+}
+
+TEST(HttpServer, ReportsBoundPortsInListenOrder) {
+  HttpServer server(OptionsFor({"127.0.0.1:0", "[::1]:0"}));
+  server.Route("/hello", Hello);
+  server.Start();
+  const std::vector<uint16_t> ports = server.BoundPorts();
+
+  ASSERT_EQ(ports.size(), 2u);
+  EXPECT_EQ(Fetch(AF_INET, ports[0], "GET", "/hello").status, 200);
+  EXPECT_EQ(Fetch(AF_INET6, ports[1], "GET", "/hello").status, 200);
+}
+
+TEST(HttpServer, UnknownPathIs404) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/hello", Hello);
+  server.Start();
+
+  EXPECT_EQ(Fetch(AF_INET, server.BoundPorts().at(0), "GET", "/hello/").status, 404);
+}
+
+TEST(HttpServer, PostIs405WithAllowHeader) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  std::atomic<bool> called = false;
+  server.Route("/hello", [&called](const HttpRequest& request) {
+    called = true;
+    return Hello(request);
+  });
+  server.Start();
+
+  Reply reply =
+      Fetch(AF_INET, server.BoundPorts().at(0), "POST", "/hello", "Content-Length: 3\r\n", "a=b");
+  EXPECT_EQ(reply.status, 405);
+  EXPECT_EQ(reply.Header("allow"), "GET, HEAD");
+  EXPECT_FALSE(called);
+}
+
+TEST(HttpServer, HeadSendsHeadersWithoutBody) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/hello", Hello);
+  server.Start();
+
+  Reply reply = Fetch(AF_INET, server.BoundPorts().at(0), "HEAD", "/hello");
+  EXPECT_EQ(reply.status, 200);
+  EXPECT_EQ(reply.Header("content-length"), "6");
+  EXPECT_EQ(reply.body, "");
+}
+
+TEST(HttpServer, QueryParametersReachHandler) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  std::mutex mutex;  // The handler runs on a server thread.
+  std::map<std::string, std::string> seen;
+  std::string seen_path;
+  server.Route("/q", [&](const HttpRequest& request) {
+    const std::lock_guard lock(mutex);
+    seen = request.query;
+    seen_path = request.path;
+    return Hello(request);
+  });
+  server.Start();
+
+  EXPECT_EQ(Fetch(AF_INET, server.BoundPorts().at(0), "GET", "/q?name=a%20b&flag&x=1").status, 200);
+  const std::lock_guard lock(mutex);
+  EXPECT_EQ(seen_path, "/q");
+  EXPECT_EQ(seen, (std::map<std::string, std::string>{{"flag", ""}, {"name", "a b"}, {"x", "1"}}));
+}
+
+TEST(HttpServer, GzipsLargeBodyWhenClientAcceptsGzip) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  std::atomic<bool> accepts_gzip = false;
+  server.Route("/large", [&](const HttpRequest& request) {
+    accepts_gzip = request.accepts_gzip;
+    return HttpResponse{200, "text/plain", LargeBody()};
+  });
+  server.Start();
+
+  Reply reply = Fetch(AF_INET, server.BoundPorts().at(0), "GET", "/large",
+                      "Accept-Encoding: deflate, gzip;q=0.8\r\n");
+  EXPECT_TRUE(accepts_gzip);
+  EXPECT_EQ(reply.status, 200);
+  EXPECT_EQ(reply.Header("content-encoding"), "gzip");
+  EXPECT_EQ(reply.Header("vary"), "Accept-Encoding");
+  EXPECT_LT(reply.body.size(), LargeBody().size());
+  EXPECT_EQ(Gunzip(reply.body), LargeBody());
+}
+
+TEST(HttpServer, SendsLargeBodyPlainWithoutAcceptEncoding) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/large", [](const HttpRequest&) {
+    return HttpResponse{200, "text/plain", LargeBody()};
+  });
+  server.Start();
+
+  Reply reply = Fetch(AF_INET, server.BoundPorts().at(0), "GET", "/large");
+  EXPECT_EQ(reply.status, 200);
+  EXPECT_EQ(reply.headers.count("content-encoding"), 0u);
+  EXPECT_EQ(reply.body, LargeBody());
+}
+
+TEST(HttpServer, HonoursGzipRefusedWithQualityZero) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/large", [](const HttpRequest&) {
+    return HttpResponse{200, "text/plain", LargeBody()};
+  });
+  server.Start();
+
+  Reply reply = Fetch(AF_INET, server.BoundPorts().at(0), "GET", "/large",
+                      "Accept-Encoding: gzip;q=0, identity\r\n");
+  EXPECT_EQ(reply.headers.count("content-encoding"), 0u);
+  EXPECT_EQ(reply.body, LargeBody());
+}
+
+TEST(HttpServer, SendsSmallBodyPlainEvenWhenGzipAccepted) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/hello", Hello);
+  server.Start();
+
+  Reply reply =
+      Fetch(AF_INET, server.BoundPorts().at(0), "GET", "/hello", "Accept-Encoding: gzip\r\n");
+  EXPECT_EQ(reply.headers.count("content-encoding"), 0u);
+  EXPECT_EQ(reply.body, "hello\n");
+}
+
+// The defect of civetweb behind prometheus-cpp's Exposer: two idle connections held both worker
+// threads and a scrape waited ~30 s. Here 30 idle or half-sent requests must not slow a scrape.
+TEST(HttpServer, IdleConnectionsDoNotDelayScrape) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildCounter()
+      .Name("kpulse_test_scrapes_total")
+      .Help("Test.")
+      .Register(*registry)
+      .Add({})
+      .Increment();
+  MetricsEndpoint metrics;
+  metrics.Add(registry);
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));  // Default options: 2 threads, 10 s timeout.
+  server.Route("/metrics",
+               [&metrics](const HttpRequest& request) { return metrics.Render(request); });
+  server.Start();
+  const uint16_t port = server.BoundPorts().at(0);
+
+  std::vector<Socket> idle;
+  for (int i = 0; i < 20; ++i) idle.push_back(ConnectLoopback(AF_INET, port));
+  std::vector<Socket> partial;
+  for (int i = 0; i < 10; ++i) {
+    partial.push_back(ConnectLoopback(AF_INET, port));
+    ASSERT_TRUE(partial.back().valid());
+    ASSERT_TRUE(SendAll(partial.back(), "GET /metr"));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // Let the server take them in.
+
+  const auto start = Clock::now();
+  const Reply reply = Fetch(AF_INET, port, "GET", "/metrics");
+  const double elapsed_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  std::cout << "[ measured ] scrape with 20 idle + 10 partial connections took " << elapsed_ms
+            << " ms\n";
+  RecordProperty("scrape_ms", std::to_string(elapsed_ms));
+
+  EXPECT_EQ(reply.status, 200);
+  EXPECT_NE(reply.body.find("kpulse_test_scrapes_total 1"), std::string::npos);
+  EXPECT_LT(elapsed_ms, 500.0);
+
+  // The half-sent requests were kept waiting, not dropped: one can still finish.
+  ASSERT_TRUE(SendAll(partial[0], "ics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"));
+  EXPECT_EQ(ParseReply(ReadToEnd(partial[0])).status, 200);
+}
+
+TEST(HttpServer, ClosesIdleConnectionAfterTimeout) {
+  HttpServer::Options options = OptionsFor({"127.0.0.1:0"});
+  options.connection_timeout_seconds = 1;
+  HttpServer server(std::move(options));
+  server.Start();
+  const Socket idle = ConnectLoopback(AF_INET, server.BoundPorts().at(0));
+  ASSERT_TRUE(idle.valid());
+
+  const auto start = Clock::now();
+  char byte = 0;
+  const ssize_t got = recv(idle.fd(), &byte, 1, 0);  // Times out after 5 s.
+  const auto elapsed = Clock::now() - start;
+
+  EXPECT_EQ(got, 0) << (got < 0 ? std::strerror(errno) : "unexpected data");
+  EXPECT_LT(elapsed, std::chrono::seconds(3));
+}
+
+TEST(HttpServer, StartOnPortInUseThrowsNamingAddress) {
+  HttpServer first(OptionsFor({"127.0.0.1:0"}));
+  first.Start();
+  const std::string busy = "127.0.0.1:" + std::to_string(first.BoundPorts().at(0));
+  HttpServer second(OptionsFor({busy}));
+
+  try {
+    second.Start();
+    FAIL() << "Start() on " << busy << " did not throw";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()), "cannot listen on " + busy + ": Address already in use");
+  }
+  EXPECT_TRUE(second.BoundPorts().empty());
+}
+
+TEST(HttpServer, ThrowingHandlerGets500AndServerKeepsServing) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/boom", [](const HttpRequest&) -> HttpResponse {
+    throw std::runtime_error("handler exploded");
+  });
+  server.Route("/hello", Hello);
+  server.Start();
+  const uint16_t port = server.BoundPorts().at(0);
+
+  EXPECT_EQ(Fetch(AF_INET, port, "GET", "/boom").status, 500);
+  EXPECT_EQ(Fetch(AF_INET, port, "GET", "/hello").body, "hello\n");
+  EXPECT_EQ(Fetch(AF_INET, port, "GET", "/boom").status, 500);
+}
+
+TEST(HttpServer, StopsListeningWhenDestroyed) {
+  uint16_t port = 0;
+  {
+    HttpServer server(OptionsFor({"127.0.0.1:0"}));
+    server.Start();
+    port = server.BoundPorts().at(0);
+  }
+  Socket sock(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_NE(connect(sock.fd(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)), 0);
+  EXPECT_EQ(errno, ECONNREFUSED);
+}
+
+// --- MetricsEndpoint. ---
+
+TEST(MetricsEndpoint, RendersCounterInTextFormat) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildCounter()
+      .Name("kpulse_test_events_total")
+      .Help("Events seen.")
+      .Register(*registry)
+      .Add({{"kind", "a"}})
+      .Increment(3);
+  MetricsEndpoint metrics;
+  metrics.Add(registry);
+
+  const HttpResponse response = metrics.Render(HttpRequest{"GET", "/metrics", {}, false});
+  EXPECT_EQ(response.status, 200u);
+  EXPECT_EQ(response.content_type, "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_NE(response.body.find("# TYPE kpulse_test_events_total counter\n"), std::string::npos);
+  EXPECT_NE(response.body.find("kpulse_test_events_total{kind=\"a\"} 3\n"), std::string::npos)
+      << response.body;
+}
+
+TEST(MetricsEndpoint, RendersFamiliesOfEveryCollectable) {
+  auto first = std::make_shared<prometheus::Registry>();
+  prometheus::BuildCounter()
+      .Name("kpulse_test_first_total")
+      .Help("First.")
+      .Register(*first)
+      .Add({});
+  auto second = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge()
+      .Name("kpulse_test_second")
+      .Help("Second.")
+      .Register(*second)
+      .Add({})
+      .Set(7);
+  MetricsEndpoint metrics;
+  metrics.Add(first);
+  metrics.Add(second);
+
+  const std::string body = metrics.Render(HttpRequest{}).body;
+  EXPECT_NE(body.find("kpulse_test_first_total 0\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("kpulse_test_second 7\n"), std::string::npos) << body;
+}
+
+TEST(MetricsEndpoint, MergesSameNamedFamiliesFromTwoCollectables) {
+  auto first = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge().Name("kpulse_test_map_entries").Help("Entries.").Register(*first)
+      .Add({{"map", "a"}}).Set(1);
+  auto second = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge().Name("kpulse_test_map_entries").Help("Entries.").Register(*second)
+      .Add({{"map", "b"}}).Set(2);
+  MetricsEndpoint metrics;
+  metrics.Add(first);
+  metrics.Add(second);
+
+  const std::string body = metrics.Render(HttpRequest{}).body;
+  const std::string type_line = "# TYPE kpulse_test_map_entries gauge\n";
+  const auto first_type = body.find(type_line);
+  ASSERT_NE(first_type, std::string::npos) << body;
+  EXPECT_EQ(body.find(type_line, first_type + 1), std::string::npos) << "TYPE twice:\n" << body;
+  EXPECT_NE(body.find("kpulse_test_map_entries{map=\"a\"} 1\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("kpulse_test_map_entries{map=\"b\"} 2\n"), std::string::npos) << body;
+}
+
+}  // namespace
+}  // namespace kpulse
