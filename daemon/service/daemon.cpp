@@ -113,9 +113,13 @@ int RunDaemon(const Config& config) {
   });
   server.Start();
 
+  // Name the ports actually bound (a configured port 0 means "any free port").
   std::string listening;
-  for (const auto& address : config.http.listen_addresses) {
-    listening += (listening.empty() ? "" : ", ") + address.text;
+  const std::vector<uint16_t> ports = server.BoundPorts();
+  for (size_t i = 0; i < config.http.listen_addresses.size() && i < ports.size(); ++i) {
+    const std::string& text = config.http.listen_addresses[i].text;
+    listening += (listening.empty() ? "" : ", ") + text.substr(0, text.rfind(':') + 1) +
+                 std::to_string(ports[i]);
   }
   size_t up = 0;
   for (const auto& status : statuses) up += status.up ? 1 : 0;

@@ -1,0 +1,37 @@
+# Thin wrapper for the README's two commands. The build itself is CMake.
+#   make run    install what is missing, build, run kpulse in the foreground (config/kpulse.yaml)
+#   make test   install what is missing, build, run every test (unit, bpf, e2e)
+#   make bench  (see docs/benchmarks.md)
+
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+
+# Debian 12 packages: build, then run-time/test tools (nft, ip, promtool and Prometheus).
+BUILD_DEPS := cmake make g++ clang llvm pkg-config bpftool libbpf-dev libelf-dev zlib1g-dev \
+              prometheus-cpp-dev libspdlog-dev libyaml-cpp-dev libsystemd-dev libmicrohttpd-dev \
+              libexpected-dev libgtest-dev libgmock-dev
+TEST_DEPS := nftables iproute2 procps prometheus systemd
+
+.PHONY: deps build run test clean
+
+deps:
+	@missing=""; for p in $(BUILD_DEPS) $(TEST_DEPS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: build
+	$(BUILD_DIR)/daemon/kpulse --config config/kpulse.yaml
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure --no-tests=error -j 1
+
+clean:
+	rm -rf $(BUILD_DIR)

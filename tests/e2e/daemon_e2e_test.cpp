@@ -1,0 +1,394 @@
+// End to end: the built kpulse binary, started as systemd would (NOTIFY_SOCKET, WATCHDOG_USEC),
+// scraped over HTTP, checked by promtool and by a real Prometheus server, and compared with the
+// kernel's counters of a namespace in which a SYN storm is generated.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "../bpf/test_env.h"
+
+namespace kpulse {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream file(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+// A scratch directory, removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/kpulse-e2e-XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// The receiving end of sd_notify(3): an AF_UNIX datagram socket NOTIFY_SOCKET points to.
+class NotifySocket {
+ public:
+  explicit NotifySocket(const fs::path& path) : path_(path) {
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      throw std::runtime_error("bind notify socket: " + std::string(strerror(errno)));
+    }
+  }
+  ~NotifySocket() { close(fd_); }
+  const fs::path& path() const { return path_; }
+
+  /// Waits for a datagram containing `needle`; returns it, or "" on timeout.
+  std::string WaitFor(const std::string& needle, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd pfd{fd_, POLLIN, 0};
+      if (poll(&pfd, 1, 100) <= 0) continue;
+      char buffer[4096];
+      const ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
+      if (n <= 0) continue;
+      std::string message(buffer, static_cast<size_t>(n));
+      if (message.find(needle) != std::string::npos) return message;
+    }
+    return "";
+  }
+
+ private:
+  fs::path path_;
+  int fd_ = -1;
+};
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+// Runs a command to completion, capturing stdout and stderr.
+RunResult RunCommand(const std::string& command) {
+  RunResult result;
+  std::FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+// A background process (the daemon, Prometheus), killed and reaped on destruction.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, std::vector<std::string> env, const fs::path& log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      for (const auto& assignment : env) putenv(const_cast<char*>(assignment.c_str()));
+      std::vector<char*> args;
+      for (auto& arg : argv) args.push_back(arg.data());
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Process() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  /// Sends `signal` and waits up to `timeout` for the exit code (-1 on timeout).
+  int Stop(int signal, std::chrono::milliseconds timeout) {
+    kill(pid_, signal);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+std::string HttpGet(const std::string& host, uint16_t port, const std::string& target) {
+  const bool v6 = host.find(':') != std::string::npos;
+  const int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_storage storage{};
+  socklen_t length;
+  if (v6) {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&storage);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr);
+    length = sizeof(*sin6);
+  } else {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&storage);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    inet_pton(AF_INET, host.c_str(), &sin->sin_addr);
+    length = sizeof(*sin);
+  }
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&storage), length) == 0) {
+    const std::string request =
+        "GET " + target + " HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n";
+    (void)!write(fd, request.data(), request.size());
+    char buffer[65536];
+    ssize_t n;
+    while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  const auto body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+uint16_t FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t length = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Sum of the samples of `family` whose label set contains every `needles` entry.
+double SumSamples(const std::string& page, const std::string& family,
+                  const std::vector<std::string>& needles) {
+  double sum = 0;
+  std::istringstream lines(page);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(family + "{", 0) != 0 && line.rfind(family + " ", 0) != 0) continue;
+    bool all = true;
+    for (const auto& needle : needles) all = all && line.find(needle) != std::string::npos;
+    if (all) sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
+// Any BPF program of ours still loaded (their names start with "retransmit_")?
+bool RetransProgramsLoaded() {
+  __u32 id = 0;
+  while (bpf_prog_get_next_id(id, &id) == 0) {
+    const int fd = bpf_prog_get_fd_by_id(id);
+    if (fd < 0) continue;
+    bpf_prog_info info{};
+    __u32 length = sizeof(info);
+    const bool ours = bpf_obj_get_info_by_fd(fd, &info, &length) == 0 &&
+                      std::string(info.name).rfind("retransmit_", 0) == 0;
+    close(fd);
+    if (ours) return true;
+  }
+  return false;
+}
+
+class DaemonE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override { KPULSE_REQUIRE_ROOT(); }
+
+  // Starts kpulse with `yaml`, waits for READY=1 and returns the port it serves on.
+  uint16_t StartDaemon(const std::string& yaml, std::vector<std::string> env = {}) {
+    config_ = dir_.path() / "kpulse.yaml";
+    std::ofstream(config_) << yaml;
+    notify_ = std::make_unique<NotifySocket>(dir_.path() / "notify.sock");
+    env.push_back("NOTIFY_SOCKET=" + notify_->path().string());
+    daemon_ = std::make_unique<Process>(
+        std::vector<std::string>{KPULSE_BINARY, "--config", config_.string()}, env,
+        dir_.path() / "kpulse.log");
+    const std::string ready = notify_->WaitFor("READY=1", 20s);
+    EXPECT_FALSE(ready.empty()) << "no READY=1; log:\n" << ReadFile(dir_.path() / "kpulse.log");
+    std::smatch match;
+    const std::regex port_pattern(R"(127\.0\.0\.1:(\d+))");
+    if (!std::regex_search(ready, match, port_pattern)) {
+      ADD_FAILURE() << "READY status names no port: " << ready;
+      return 0;
+    }
+    status_ = ready;
+    return static_cast<uint16_t>(std::stoi(match[1]));
+  }
+
+  TempDir dir_;
+  fs::path config_;
+  std::unique_ptr<NotifySocket> notify_;
+  std::unique_ptr<Process> daemon_;
+  std::string status_;
+};
+
+constexpr const char* kBaseConfig =
+    "log_level: info\n"
+    "http:\n"
+    "  listen_addresses: [\"127.0.0.1:0\"]\n";
+
+TEST_F(DaemonE2eTest, MetricsPagePassesPromtoolAndNamesTheHook) {
+  const uint16_t port = StartDaemon(kBaseConfig);
+  ASSERT_NE(port, 0);
+  EXPECT_THAT(status_, HasSubstr("1/1 probes attached"));
+  const std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_THAT(page, HasSubstr("kpulse_tcp_retransmits_total{kind=\"syn\"}"));
+  EXPECT_THAT(page, HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"} 1"));
+  EXPECT_THAT(page, HasSubstr("kpulse_probe_info{probe=\"tcp_retransmit\",hook=\"tp_btf\"} 1"));
+  EXPECT_THAT(page, HasSubstr("kpulse_build_info{"));
+  std::ofstream(dir_.path() / "page.txt") << page;
+  const RunResult promtool =
+      RunCommand("promtool check metrics < " + (dir_.path() / "page.txt").string());
+  EXPECT_EQ(promtool.exit_code, 0) << promtool.output << "\n" << page;
+  EXPECT_EQ(HttpGet("127.0.0.1", port, "/healthz"), "ok\n");
+}
+
+TEST_F(DaemonE2eTest, SynStormInANamespaceEqualsItsTcpSynRetransOverHttp) {
+  test::NetNs ns("e2e");
+  ns.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0");
+  ns.Sysctl("net.ipv4.tcp_syn_retries", "1");
+  ns.Nft(
+      "table inet kpulse_test {\n"
+      "  chain input {\n"
+      "    type filter hook input priority 0; policy accept;\n"
+      "    tcp dport 7000 tcp flags & (syn|ack) == syn drop\n"
+      "  }\n"
+      "}\n");
+  const uint16_t port = StartDaemon(std::string(kBaseConfig) +
+                                    "probes:\n  tcp_retransmit:\n    netns_label: true\n");
+  ASSERT_NE(port, 0);
+
+  const test::TcpCounters before = test::ReadTcpCounters(&ns);
+  test::Child storm(ns, nullptr, [] { return test::ConnectMany("127.0.0.1", 7000, 20, 10000); });
+  EXPECT_EQ(storm.Wait(), 20);
+  const test::TcpCounters after = test::ReadTcpCounters(&ns);
+
+  const std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  const double scraped =
+      SumSamples(page, "kpulse_tcp_flow_retransmits_total",
+                 {"netns=\"" + std::to_string(ns.inode()) + "\"", "kind=\"syn\"",
+                  "rport=\"7000\"", "lport=\"0\""});
+  EXPECT_EQ(after.syn_retrans - before.syn_retrans, 20u) << "setup: 20 connects x 1 retry";
+  EXPECT_EQ(scraped, static_cast<double>(after.syn_retrans - before.syn_retrans)) << page;
+}
+
+TEST_F(DaemonE2eTest, RealPrometheusScrapesTheTargetUp) {
+  const uint16_t port = StartDaemon(kBaseConfig);
+  ASSERT_NE(port, 0);
+  const uint16_t prometheus_port = FreePort();
+  const fs::path prometheus_yml = dir_.path() / "prometheus.yml";
+  std::ofstream(prometheus_yml) << "global:\n  scrape_interval: 1s\n"
+                                   "scrape_configs:\n  - job_name: kpulse\n"
+                                   "    static_configs:\n      - targets: ['127.0.0.1:"
+                                << port << "']\n";
+  Process prometheus({"/usr/bin/prometheus", "--config.file=" + prometheus_yml.string(),
+                      "--storage.tsdb.path=" + (dir_.path() / "tsdb").string(),
+                      "--web.listen-address=127.0.0.1:" + std::to_string(prometheus_port)},
+                     {}, dir_.path() / "prometheus.log");
+  std::string up, series;
+  for (int attempt = 0; attempt < 60; ++attempt) {
+    std::this_thread::sleep_for(500ms);
+    up = HttpGet("127.0.0.1", prometheus_port, "/api/v1/query?query=up%7Bjob%3D%22kpulse%22%7D");
+    if (up.find("\"1\"]") != std::string::npos) break;
+  }
+  EXPECT_THAT(up, HasSubstr("\"1\"]")) << up << "\n" << ReadFile(dir_.path() / "prometheus.log");
+  series = HttpGet("127.0.0.1", prometheus_port,
+                   "/api/v1/query?query=kpulse_tcp_retransmits_total%7Bkind%3D%22syn%22%7D");
+  EXPECT_THAT(series, HasSubstr("\"kind\":\"syn\""));
+  EXPECT_EQ(prometheus.Stop(SIGTERM, 10s), 0);
+}
+
+TEST_F(DaemonE2eTest, ServesIpv4AndIpv6Together) {
+  const uint16_t port = StartDaemon(
+      "http:\n  listen_addresses: [\"127.0.0.1:0\", \"[::1]:0\"]\n");
+  ASSERT_NE(port, 0);
+  std::smatch match;
+  ASSERT_TRUE(std::regex_search(status_, match, std::regex(R"(\[::1\]:(\d+))"))) << status_;
+  const auto v6_port = static_cast<uint16_t>(std::stoi(match[1]));
+  EXPECT_EQ(HttpGet("127.0.0.1", port, "/healthz"), "ok\n");
+  EXPECT_EQ(HttpGet("::1", v6_port, "/healthz"), "ok\n");
+}
+
+TEST_F(DaemonE2eTest, WatchdogPingsAndCleanStopDetachesEverything) {
+  const uint16_t port = StartDaemon(kBaseConfig, {"WATCHDOG_USEC=400000"});
+  ASSERT_NE(port, 0);
+  EXPECT_TRUE(RetransProgramsLoaded());
+  EXPECT_FALSE(notify_->WaitFor("WATCHDOG=1", 2s).empty()) << "no watchdog ping within 2 s";
+  EXPECT_EQ(daemon_->Stop(SIGTERM, 10s), 0);
+  EXPECT_FALSE(notify_->WaitFor("STOPPING=1", 1s).empty());
+  EXPECT_FALSE(RetransProgramsLoaded()) << "programs left loaded after SIGTERM";
+}
+
+TEST_F(DaemonE2eTest, TracepointFallbackForcedByConfig) {
+  const uint16_t port = StartDaemon(std::string(kBaseConfig) +
+                                    "probes:\n  tcp_retransmit:\n    hook: tracepoint\n");
+  ASSERT_NE(port, 0);
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/metrics"),
+              HasSubstr("kpulse_probe_info{probe=\"tcp_retransmit\",hook=\"tracepoint\"} 1"));
+}
+
+// Command line: no root needed.
+TEST(KpulseCommandLine, CheckConfigAcceptsTheShippedConfig) {
+  const RunResult result =
+      RunCommand(std::string(KPULSE_BINARY) + " --check-config " KPULSE_SOURCE_DIR "/config/kpulse.yaml");
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+}
+
+TEST(KpulseCommandLine, CheckConfigRejectsABadValueWithFileLineAndKey) {
+  TempDir dir;
+  const fs::path bad = dir.path() / "bad.yaml";
+  std::ofstream(bad) << "probes:\n  tcp_retransmit:\n    max_flows: 0\n";
+  const RunResult result = RunCommand(std::string(KPULSE_BINARY) + " --check-config " + bad.string());
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, HasSubstr(bad.string() + ":3:"));
+  EXPECT_THAT(result.output, HasSubstr("probes.tcp_retransmit.max_flows"));
+  EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << result.output;
+}
+
+TEST(KpulseCommandLine, MissingConfigFileIsAnErrorNamingThePath) {
+  const RunResult result = RunCommand(std::string(KPULSE_BINARY) + " --config /nonexistent/kpulse.yaml");
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_THAT(result.output, HasSubstr("/nonexistent/kpulse.yaml"));
+}
+
+TEST(KpulseCommandLine, PrintsVersion) {
+  const RunResult result = RunCommand(std::string(KPULSE_BINARY) + " --version");
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_THAT(result.output, HasSubstr("kpulse 0."));
+}
+
+}  // namespace
+}  // namespace kpulse
