@@ -16,6 +16,10 @@
 #include "test_env.h"
 
 namespace kpulse {
+
+// Readable parameter names in failure messages.
+void PrintTo(RetransHook hook, std::ostream* os) { *os << ToString(hook); }
+
 namespace {
 
 using test::Child;
@@ -304,6 +308,36 @@ TEST_P(RetransProbeTest, DataRetransmitSegmentsMatchRetransSegs) {
   std::printf("data retransmits: kernel RetransSegs %llu, kpulse %llu\n",
               static_cast<unsigned long long>(kernel_segs),
               static_cast<unsigned long long>(flows.data));
+}
+
+// A SYN dropped by the sender's own netfilter OUTPUT chain fails inside the kernel: the MIBs
+// still count it (they are bumped before the IP layer), the tracepoint reports err = -EPERM on
+// 6.17+, and kpulse counts a failure, not a retransmit. This pins down the documented difference.
+TEST_P(RetransProbeTest, LocalOutputDropIsCountedAsFailureNotRetransmit) {
+  NetNs ns("out");
+  FastSynRetries(ns, 1);
+  ns.Nft(
+      "table inet kpulse_test {\n"
+      "  chain output {\n"
+      "    type filter hook output priority 0; policy accept;\n"
+      "    tcp dport 5006 tcp flags & (syn|ack) == syn drop\n"
+      "  }\n"
+      "}\n");
+  auto probe = StartProbe();
+  if (!probe->reports_failures()) {
+    GTEST_SKIP() << "this kernel's tcp_retransmit_skb tracepoint does not report failures "
+                    "(before 6.17): failed attempts are invisible to any tracepoint user";
+  }
+
+  const TcpCounters before = ReadTcpCounters(&ns);
+  Child client(ns, nullptr, [] { return test::ConnectMany("127.0.0.1", 5006, 2, 10000); });
+  EXPECT_EQ(client.Wait(), 2);
+  const TcpCounters after = ReadTcpCounters(&ns);
+  const RetransSnapshot snapshot = Snapshot(*probe);
+
+  EXPECT_EQ(after.syn_retrans - before.syn_retrans, 2u) << "the MIB counts the attempts (setup)";
+  EXPECT_EQ(FlowSums(snapshot, ns.inode()).syn, 0u);
+  EXPECT_GE(snapshot.totals.failures[RETRANS_KIND_SYN], 2u);
 }
 
 // Test 6: more distinct flows than the flow map holds. Totals stay exact; evictions are counted.

@@ -1,0 +1,90 @@
+#pragma once
+
+// The daemon's configuration: a YAML file turned into a validated, immutable `Config` value.
+//
+// Error policy: parsing happens at start-up (and on reload), so failures are reported by throwing
+// `ConfigError`. Its what() is always exactly one line,
+//
+//   FILE:LINE:COLUMN: KEY.PATH: reason
+//
+// with 1-based line and column, so that editors and CI logs can jump to the spot. Parsing stops at
+// the first error. Any input, however malformed, produces either a Config or a ConfigError; nothing
+// else escapes. docs/configuration.md lists every field and the rules checked here.
+
+#include <spdlog/common.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "http/listen_address.h"
+
+namespace kpulse {
+
+/// Which kernel hook the TCP retransmit probe attaches to. YAML: auto | tp_btf | tracepoint.
+enum class RetransHook {
+  kAuto,   // Probe the kernel at load time: tp_btf where it works, else the classic tracepoint.
+  kTpBtf,  // BTF-typed raw tracepoint only (no tracefs needed).
+  kTracepoint,  // Classic tracepoint only (needs tracefs mounted).
+};
+
+/// How much of a flow's addressing becomes labels. YAML: full | remote | none.
+enum class FlowLabels {
+  kFull,    // Local and remote address and port.
+  kRemote,  // Remote address and port only.
+  kNone,    // No per-flow series; per-cgroup and node totals only.
+};
+
+/// Settings of the TCP retransmit probe (YAML `probes.tcp_retransmit`).
+struct RetransConfig {
+  bool enabled = true;
+  bool required = false;  // true: failure to load/attach this probe is fatal at start-up.
+  RetransHook hook = RetransHook::kAuto;
+  uint32_t max_flows = 16384;   // 16..1048576: entries of the BPF LRU flow map.
+  uint32_t max_cgroups = 4096;  // 16..1048576: entries of the per-cgroup map.
+  FlowLabels flow_labels = FlowLabels::kFull;
+  bool fold_ephemeral_ports = true;  // Ports in the ephemeral range become one label value.
+  bool netns_label = false;          // Add the socket's network namespace as a label.
+};
+
+/// Settings of the metrics HTTP server (YAML `http`).
+struct HttpConfig {
+  // Never empty and without duplicates (compared by text as written). Default: "127.0.0.1:10136".
+  std::vector<ListenAddress> listen_addresses;
+  uint32_t connection_timeout_seconds = 10;  // 1..300: idle/slow connections are closed after this.
+  uint32_t max_connections = 64;             // 1..4096: concurrent connections accepted.
+};
+
+/// A complete, validated configuration. A plain value: copy it, swap it on reload.
+struct Config {
+  std::string source;  // The file it came from (or the source name given to ParseConfig).
+  spdlog::level::level_enum log_level = spdlog::level::info;  // YAML: trace|debug|info|warn|error.
+  HttpConfig http;
+  RetransConfig tcp_retransmit;  // YAML `probes.tcp_retransmit`.
+};
+
+/// Thrown for any invalid or unreadable configuration; what() is one line (see the file comment).
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The configuration used when a file sets nothing. `source` is empty.
+Config DefaultConfig();
+
+/// Parses and validates `yaml_text`. `source_name` prefixes error messages and becomes
+/// Config::source. Every key is optional; an empty or comment-only document gives the defaults.
+/// Throws ConfigError on the first problem found (in document order).
+Config ParseConfig(const std::string& yaml_text, const std::string& source_name);
+
+/// Reads `path` and parses it as ParseConfig(text, path) does. Throws ConfigError, also when the
+/// file cannot be read ("cannot read config file 'PATH': <strerror>").
+Config LoadConfigFile(const std::string& path);
+
+/// The YAML spelling of each enum value ("auto", "tp_btf", ...).
+std::string_view ToString(RetransHook hook);
+std::string_view ToString(FlowLabels labels);
+
+}  // namespace kpulse
