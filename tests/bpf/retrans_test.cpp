@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <set>
 #include <thread>
 
 #include "bpf/retrans_probe.h"
@@ -308,6 +309,43 @@ TEST_P(RetransProbeTest, DataRetransmitSegmentsMatchRetransSegs) {
   std::printf("data retransmits: kernel RetransSegs %llu, kpulse %llu\n",
               static_cast<unsigned long long>(kernel_segs),
               static_cast<unsigned long long>(flows.data));
+}
+
+// Folding and label modes act in the kernel: two probes attached at once, one keeping every
+// local port, one keeping only the remote endpoint, see the same three connects differently.
+TEST_P(RetransProbeTest, FoldingAndRemoteModeShapeTheKernelFlowKey) {
+  NetNs ns("mode");
+  FastSynRetries(ns, 1);
+  ns.Nft(DropInitialSyns(5007));
+  RetransConfig unfolded;
+  unfolded.fold_ephemeral_ports = false;
+  auto exact_ports = StartProbe(unfolded);
+  RetransConfig remote;
+  remote.flow_labels = FlowLabels::kRemote;
+  auto remote_only = StartProbe(remote);
+
+  Child client(ns, nullptr, [] { return test::ConnectMany("127.0.0.1", 5007, 3, 10000); });
+  EXPECT_EQ(client.Wait(), 3);
+
+  std::set<uint16_t> lports;
+  for (const auto& [key, value] : Snapshot(*exact_ports).flows) {
+    if (key.netns_ino != ns.inode()) continue;
+    EXPECT_EQ(value.segments, 1u);
+    lports.insert(key.lport);
+  }
+  EXPECT_EQ(lports.size(), 3u) << "three client connects, three distinct local ports";
+  for (uint16_t port : lports) EXPECT_NE(port, 0);
+
+  size_t remote_flows = 0;
+  for (const auto& [key, value] : Snapshot(*remote_only).flows) {
+    if (key.netns_ino != ns.inode()) continue;
+    ++remote_flows;
+    EXPECT_EQ(value.segments, 3u);
+    EXPECT_EQ(key.lport, 0);
+    EXPECT_EQ(FormatFlow(key).laddr, "0.0.0.0") << "local address zeroed in the kernel";
+    EXPECT_EQ(key.rport, 5007);
+  }
+  EXPECT_EQ(remote_flows, 1u);
 }
 
 // A SYN dropped by the sender's own netfilter OUTPUT chain fails inside the kernel: the MIBs
