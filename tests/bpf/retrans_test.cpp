@@ -70,12 +70,7 @@ void FastSynRetries(const NetNs& ns, int retries) {
 }
 
 std::string DropInitialSyns(uint16_t port) {
-  return "table inet kpulse_test {\n"
-         "  chain input {\n"
-         "    type filter hook input priority 0; policy accept;\n"
-         "    tcp dport " + std::to_string(port) + " tcp flags & (syn|ack) == syn drop\n"
-         "  }\n"
-         "}\n";
+  return test::NftDropInput("tcp dport " + std::to_string(port) + " tcp flags & (syn|ack) == syn");
 }
 
 class RetransProbeTest : public ::testing::TestWithParam<RetransHook> {
@@ -190,33 +185,17 @@ TEST_P(RetransProbeTest, SynAckRetransmitsMatchServerTcpSynRetrans) {
   test::ConnectWithVeth(client_ns, "10.213.1.1", server_ns, "10.213.1.2");
   FastSynRetries(client_ns, 1);
   server_ns.Sysctl("net.ipv4.tcp_synack_retries", "1");
-  client_ns.Nft(
-      "table inet kpulse_test {\n"
-      "  chain input {\n"
-      "    type filter hook input priority 0; policy accept;\n"
-      "    tcp sport 5004 tcp flags & (syn|ack) == syn|ack drop\n"
-      "  }\n"
-      "}\n");
+  client_ns.Nft(test::NftDropInput("tcp sport 5004 tcp flags & (syn|ack) == syn|ack"));
   auto probe = StartProbe();
 
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
+  test::ReadySignal listening;
   Child server(server_ns, &server_cgroup, [&] {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(5004);
-    inet_pton(AF_INET, "10.213.1.2", &addr.sin_addr);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 10;
-    if (listen(fd, 16) != 0) return 11;
-    (void)!write(ready[1], "r", 1);
+    if (test::ListenTcp("10.213.1.2", 5004, 16) < 0) return 10;
+    listening.Signal();
     pause();  // killed by the test
     return 0;
   });
-  char byte;
-  ASSERT_EQ(read(ready[0], &byte, 1), 1);
-  close(ready[0]);
-  close(ready[1]);
+  ASSERT_TRUE(listening.Wait());
 
   const TcpCounters before = ReadTcpCounters(&server_ns);
   Child client(client_ns, nullptr, [] { return test::ConnectMany("10.213.1.2", 5004, 2, 10000); });
@@ -247,45 +226,26 @@ TEST_P(RetransProbeTest, SynAckRetransmitsMatchServerTcpSynRetrans) {
 TEST_P(RetransProbeTest, DataRetransmitSegmentsMatchRetransSegs) {
   NetNs sender_ns("dts"), receiver_ns("dtr");
   test::ConnectWithVeth(sender_ns, "10.213.2.1", receiver_ns, "10.213.2.2");
-  receiver_ns.Nft(
-      "table inet kpulse_test {\n"
-      "  chain input {\n"
-      "    type filter hook input priority 0; policy accept;\n"
-      "    tcp dport 5005 meta length > 200 numgen inc mod 10 0 drop\n"
-      "  }\n"
-      "}\n");
+  receiver_ns.Nft(test::NftDropInput("tcp dport 5005 meta length > 200 numgen inc mod 10 0"));
   auto probe = StartProbe();
 
-  int ready[2];
-  ASSERT_EQ(pipe(ready), 0);
+  test::ReadySignal listening;
   Child receiver(receiver_ns, nullptr, [&] {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(5005);
-    inet_pton(AF_INET, "10.213.2.2", &addr.sin_addr);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 10;
-    if (listen(fd, 1) != 0) return 11;
-    (void)!write(ready[1], "r", 1);
+    const int fd = test::ListenTcp("10.213.2.2", 5005, 1);
+    if (fd < 0) return 10;
+    listening.Signal();
     const int conn = accept(fd, nullptr, nullptr);
     char buffer[65536];
     while (read(conn, buffer, sizeof(buffer)) > 0) {
     }
     return 0;
   });
-  char byte;
-  ASSERT_EQ(read(ready[0], &byte, 1), 1);
-  close(ready[0]);
-  close(ready[1]);
+  ASSERT_TRUE(listening.Wait());
 
   const TcpCounters before = ReadTcpCounters(&sender_ns);
   Child sender(sender_ns, nullptr, [] {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(5005);
-    inet_pton(AF_INET, "10.213.2.2", &addr.sin_addr);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 20;
+    const int fd = test::ConnectTcp("10.213.2.2", 5005);
+    if (fd < 0) return 20;
     static char chunk[65536];
     for (int i = 0; i < 64; ++i) {  // 4 MiB
       if (write(fd, chunk, sizeof(chunk)) != static_cast<ssize_t>(sizeof(chunk))) return 21;
@@ -354,13 +314,7 @@ TEST_P(RetransProbeTest, FoldingAndRemoteModeShapeTheKernelFlowKey) {
 TEST_P(RetransProbeTest, LocalOutputDropIsCountedAsFailureNotRetransmit) {
   NetNs ns("out");
   FastSynRetries(ns, 1);
-  ns.Nft(
-      "table inet kpulse_test {\n"
-      "  chain output {\n"
-      "    type filter hook output priority 0; policy accept;\n"
-      "    tcp dport 5006 tcp flags & (syn|ack) == syn drop\n"
-      "  }\n"
-      "}\n");
+  ns.Nft(test::NftDropOutput("tcp dport 5006 tcp flags & (syn|ack) == syn"));
   auto probe = StartProbe();
   if (!probe->reports_failures()) {
     GTEST_SKIP() << "this kernel's tcp_retransmit_skb tracepoint does not report failures "
@@ -384,13 +338,7 @@ TEST_P(RetransProbeTest, BoundedFlowMapKeepsTotalsExactAndCountsEvictions) {
   NetNs ns("lru");
   TestCgroup cgroup("lru");
   FastSynRetries(ns, 1);
-  ns.Nft(
-      "table inet kpulse_test {\n"
-      "  chain input {\n"
-      "    type filter hook input priority 0; policy accept;\n"
-      "    tcp dport 6000-6100 tcp flags & (syn|ack) == syn drop\n"
-      "  }\n"
-      "}\n");
+  ns.Nft(test::NftDropInput("tcp dport 6000-6100 tcp flags & (syn|ack) == syn"));
   RetransConfig config;
   config.max_flows = 16;
   auto probe = StartProbe(config);

@@ -200,6 +200,65 @@ TcpCounters ReadTcpCounters(const NetNs* netns) {
   return counters;
 }
 
+namespace {
+
+std::string NftDrop(const std::string& hook, const std::string& match) {
+  return "table inet kpulse_test {\n"
+         "  chain " + hook + " {\n"
+         "    type filter hook " + hook + " priority 0; policy accept;\n"
+         "    " + match + " drop\n"
+         "  }\n"
+         "}\n";
+}
+
+sockaddr_in Ipv4(const std::string& addr, uint16_t port) {
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons(port);
+  inet_pton(AF_INET, addr.c_str(), &sin.sin_addr);
+  return sin;
+}
+
+}  // namespace
+
+std::string NftDropInput(const std::string& match) { return NftDrop("input", match); }
+std::string NftDropOutput(const std::string& match) { return NftDrop("output", match); }
+
+ReadySignal::ReadySignal() {
+  if (pipe2(fds_, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+}
+
+ReadySignal::~ReadySignal() {
+  close(fds_[0]);
+  if (fds_[1] >= 0) close(fds_[1]);
+}
+
+void ReadySignal::Signal() const { (void)!write(fds_[1], "r", 1); }
+
+bool ReadySignal::Wait() {
+  close(fds_[1]);  // so that a child exiting without Signal() ends the read with EOF
+  fds_[1] = -1;
+  char byte;
+  return read(fds_[0], &byte, 1) == 1;
+}
+
+int ListenTcp(const std::string& addr, uint16_t port, int backlog) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const sockaddr_in sin = Ipv4(addr, port);
+  if (fd < 0 || bind(fd, reinterpret_cast<const sockaddr*>(&sin), sizeof(sin)) != 0 ||
+      listen(fd, backlog) != 0) {
+    return -1;
+  }
+  return fd;
+}
+
+int ConnectTcp(const std::string& addr, uint16_t port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const sockaddr_in sin = Ipv4(addr, port);
+  if (fd < 0 || connect(fd, reinterpret_cast<const sockaddr*>(&sin), sizeof(sin)) != 0) return -1;
+  return fd;
+}
+
 int ConnectMany(const std::string& addr, uint16_t port, int count, int timeout_ms) {
   sockaddr_storage storage{};
   socklen_t length = 0;

@@ -96,6 +96,31 @@ TcpCounters ReadTcpCounters(const NetNs* netns);
 /// Parses "Prefix: name name\nPrefix: value value" pairs (netstat/snmp) into "Prefix.name".
 std::map<std::string, uint64_t> ParseProcNetPairs(const std::string& text);
 
+/// An nft ruleset (own table, removed with the namespace) dropping packets that match `match` in
+/// the `input` or `output` hook.
+std::string NftDropInput(const std::string& match);
+std::string NftDropOutput(const std::string& match);
+
+/// One-shot "I am ready" from a Child to the test: Signal() in the child, Wait() in the test.
+class ReadySignal {
+ public:
+  ReadySignal();
+  ~ReadySignal();
+  ReadySignal(const ReadySignal&) = delete;
+  ReadySignal& operator=(const ReadySignal&) = delete;
+  void Signal() const;
+  /// True when the child signalled; false when it exited first.
+  bool Wait();
+
+ private:
+  int fds_[2] = {-1, -1};
+};
+
+/// A listening IPv4 TCP socket on addr:port, or -1. For use inside a Child.
+int ListenTcp(const std::string& addr, uint16_t port, int backlog);
+/// A blocking IPv4 TCP connection to addr:port, or -1. For use inside a Child.
+int ConnectTcp(const std::string& addr, uint16_t port);
+
 /// Starts `count` non-blocking connects to addr:port and waits (up to timeout_ms) until every
 /// one has completed or failed. Returns how many failed. For use inside a Child.
 int ConnectMany(const std::string& addr, uint16_t port, int count, int timeout_ms);

@@ -280,13 +280,7 @@ TEST_F(DaemonE2eTest, SynStormInANamespaceEqualsItsTcpSynRetransOverHttp) {
   test::NetNs ns("e2e");
   ns.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0");
   ns.Sysctl("net.ipv4.tcp_syn_retries", "1");
-  ns.Nft(
-      "table inet kpulse_test {\n"
-      "  chain input {\n"
-      "    type filter hook input priority 0; policy accept;\n"
-      "    tcp dport 7000 tcp flags & (syn|ack) == syn drop\n"
-      "  }\n"
-      "}\n");
+  ns.Nft(test::NftDropInput("tcp dport 7000 tcp flags & (syn|ack) == syn"));
   const uint16_t port = StartDaemon(std::string(kBaseConfig) +
                                     "probes:\n  tcp_retransmit:\n    netns_label: true\n");
   ASSERT_NE(port, 0);
