@@ -170,6 +170,8 @@ RetransProbe::RetransProbe(Skeleton skeleton, RetransVariant variant, bool repor
 
 RetransProbe::~RetransProbe() = default;
 
+const bpf_object* RetransProbe::object() const { return skeleton_->obj; }
+
 std::string_view RetransProbe::hook() const { return ToString(variant_); }
 
 tl::expected<RetransSnapshot, std::string> RetransProbe::Snapshot() const {

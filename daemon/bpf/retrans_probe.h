@@ -12,6 +12,7 @@
 #include "config/config.h"
 #include "retrans/retrans.h"
 
+struct bpf_object;
 struct retrans_bpf;
 
 namespace kpulse {
@@ -85,6 +86,7 @@ class RetransProbe final : public RetransSource {
   std::string_view hook() const override;
   bool reports_failures() const override { return reports_failures_; }
   RetransVariant variant() const { return variant_; }
+  const bpf_object* object() const;
 
  private:
   struct SkeletonDeleter {

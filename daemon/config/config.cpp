@@ -44,6 +44,12 @@ constexpr std::array<EnumName<RetransHook>, 3> kRetransHookNames{{
     {"tracepoint", RetransHook::kTracepoint},
 }};
 
+constexpr std::array<EnumName<SchedHook>, 3> kSchedHookNames{{
+    {"auto", SchedHook::kAuto},
+    {"sched_info", SchedHook::kSchedInfo},
+    {"wakeup", SchedHook::kWakeup},
+}};
+
 constexpr std::array<EnumName<FlowLabels>, 3> kFlowLabelsNames{{
     {"full", FlowLabels::kFull},
     {"remote", FlowLabels::kRemote},
@@ -174,6 +180,7 @@ class Parser {
                        [&](const Value& v) { config.log_level = ParseEnum(v, kLogLevelNames); }},
                       {"http", [&](const Value& v) { ParseHttp(v, config.http); }},
                       {"probes", [&](const Value& v) { ParseProbes(v, config); }},
+                      {"bpf_stats", [&](const Value& v) { config.bpf_stats = ParseBool(v); }},
                   });
     return config;
   }
@@ -233,7 +240,22 @@ class Parser {
     ParseMap(
         v, {
                {"tcp_retransmit", [&](const Value& c) { ParseRetrans(c, config.tcp_retransmit); }},
+               {"runqueue_latency",
+                [&](const Value& c) { ParseRunqueue(c, config.runqueue_latency); }},
            });
+  }
+
+  void ParseRunqueue(const Value& v, RunqueueConfig& runq) const {
+    ParseMap(v, {
+                    {"enabled", [&](const Value& c) { runq.enabled = ParseBool(c); }},
+                    {"required", [&](const Value& c) { runq.required = ParseBool(c); }},
+                    {"hook", [&](const Value& c) { runq.hook = ParseEnum(c, kSchedHookNames); }},
+                    {"max_cgroups",
+                     [&](const Value& c) { runq.max_cgroups = ParseUint(c, 16, 1048576); }},
+                    {"max_tasks",
+                     [&](const Value& c) { runq.max_tasks = ParseUint(c, 1024, 4194304); }},
+                    {"per_cpu", [&](const Value& c) { runq.per_cpu = ParseBool(c); }},
+                });
   }
 
   void ParseRetrans(const Value& v, RetransConfig& retrans) const {
@@ -472,6 +494,8 @@ Config LoadConfigFile(const std::string& path) {
 }
 
 std::string_view ToString(RetransHook hook) { return NameOf(kRetransHookNames, hook); }
+
+std::string_view ToString(SchedHook hook) { return NameOf(kSchedHookNames, hook); }
 
 std::string_view ToString(FlowLabels labels) { return NameOf(kFlowLabelsNames, labels); }
 

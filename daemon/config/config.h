@@ -49,6 +49,23 @@ struct RetransConfig {
   bool netns_label = false;          // Add the socket's network namespace as a label.
 };
 
+/// How the run-queue latency probe measures. YAML: auto | sched_info | wakeup.
+enum class SchedHook {
+  kAuto,       // sched_info where the kernel has it (and task storage), else wakeup.
+  kSchedInfo,  // One tp_btf/sched_switch program reading the kernel's sched_info accounting.
+  kWakeup,     // raw_tp sched_wakeup/_new + sched_switch with a tid-keyed timestamp map.
+};
+
+/// Settings of the run-queue latency probe (YAML `probes.runqueue_latency`).
+struct RunqueueConfig {
+  bool enabled = true;
+  bool required = false;
+  SchedHook hook = SchedHook::kAuto;
+  uint32_t max_cgroups = 4096;  // 16..1048576: histogram entries (one per cgroup, x CPUs if per_cpu).
+  uint32_t max_tasks = 65536;   // 1024..4194304: runnable-task timestamps (wakeup hook only).
+  bool per_cpu = false;         // Add a `cpu` label: one histogram per cgroup and CPU.
+};
+
 /// Settings of the metrics HTTP server (YAML `http`).
 struct HttpConfig {
   // Never empty and without duplicates (compared by text as written). Default: "127.0.0.1:10136".
@@ -63,6 +80,10 @@ struct Config {
   spdlog::level::level_enum log_level = spdlog::level::info;  // YAML: trace|debug|info|warn|error.
   HttpConfig http;
   RetransConfig tcp_retransmit;  // YAML `probes.tcp_retransmit`.
+  RunqueueConfig runqueue_latency;  // YAML `probes.runqueue_latency`.
+  // Kernel BPF run-time statistics (run_time_ns) while kpulse runs, for the
+  // kpulse_bpf_program_* self-metrics. Costs two clock reads per program run. YAML `bpf_stats`.
+  bool bpf_stats = false;
 };
 
 /// Thrown for any invalid or unreadable configuration; what() is one line (see the file comment).
@@ -85,6 +106,7 @@ Config LoadConfigFile(const std::string& path);
 
 /// The YAML spelling of each enum value ("auto", "tp_btf", ...).
 std::string_view ToString(RetransHook hook);
+std::string_view ToString(SchedHook hook);
 std::string_view ToString(FlowLabels labels);
 
 }  // namespace kpulse

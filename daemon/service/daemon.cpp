@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <bpf/bpf.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -13,8 +14,11 @@
 
 #include "bpf/libbpf_log.h"
 #include "bpf/retrans_probe.h"
+#include "bpf/sched_probe.h"
 #include "cgroup/cgroup_resolver.h"
+#include "collect/bpf_program_collector.h"
 #include "collect/retrans_collector.h"
+#include "collect/runqueue_collector.h"
 #include "collect/self_collector.h"
 #include "http/http_server.h"
 #include "http/metrics_handler.h"
@@ -57,6 +61,44 @@ class SignalFd {
   int fd_ = -1;
 };
 
+// Holds kernel BPF run-time statistics on while it lives (BPF_ENABLE_STATS; refcounted by the
+// kernel, so other users of kernel.bpf_stats_enabled are unaffected).
+class BpfStatsHold {
+ public:
+  explicit BpfStatsHold(bool enable) {
+    if (!enable) return;
+    fd_ = bpf_enable_stats(BPF_STATS_RUN_TIME);
+    if (fd_ < 0) spdlog::warn("enabling BPF run-time stats failed: {}", strerror(errno));
+  }
+  ~BpfStatsHold() {
+    if (fd_ >= 0) close(fd_);
+  }
+  BpfStatsHold(const BpfStatsHold&) = delete;
+  BpfStatsHold& operator=(const BpfStatsHold&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// Starts one probe: returns it, or nullptr when it failed and is not required (logged).
+template <typename Probe, typename ProbeConfig>
+std::unique_ptr<Probe> StartProbe(const char* name, const ProbeConfig& config,
+                                  std::vector<ProbeStatus>& statuses) {
+  if (!config.enabled) return nullptr;
+  ProbeStatus status{name, false, ""};
+  std::unique_ptr<Probe> probe;
+  try {
+    probe = Probe::Start(config);
+    status.up = true;
+    status.hook = std::string(probe->hook());
+  } catch (const std::exception& e) {
+    if (config.required) throw;
+    spdlog::error("{}; continuing without it (probes.{}.required is false)", e.what(), name);
+  }
+  statuses.push_back(status);
+  return probe;
+}
+
 CgroupPathLookup MakeCgroupLookup() {
   auto root = FindCgroup2Mount();
   if (!root) {
@@ -80,23 +122,21 @@ int RunDaemon(const Config& config) {
   MetricsEndpoint metrics;
   std::vector<ProbeStatus> statuses;
 
-  std::unique_ptr<RetransProbe> retrans;
-  if (config.tcp_retransmit.enabled) {
-    ProbeStatus status{"tcp_retransmit", false, ""};
-    try {
-      retrans = RetransProbe::Start(config.tcp_retransmit);
-      status.up = true;
-      status.hook = std::string(retrans->hook());
-    } catch (const std::exception& e) {
-      if (config.tcp_retransmit.required) throw;
-      spdlog::error("{}; continuing without it (probes.tcp_retransmit.required is false)",
-                    e.what());
-    }
-    statuses.push_back(status);
-  }
+  const BpfStatsHold bpf_stats(config.bpf_stats);
+  std::vector<const bpf_object*> objects;
+  auto retrans =
+      StartProbe<RetransProbe>("tcp_retransmit", config.tcp_retransmit, statuses);
   if (retrans) {
     metrics.Add(std::make_shared<RetransCollector>(*retrans, cgroup_path, config.tcp_retransmit));
+    objects.push_back(retrans->object());
   }
+  auto sched = StartProbe<SchedProbe>("runqueue_latency", config.runqueue_latency, statuses);
+  if (sched) {
+    metrics.Add(
+        std::make_shared<RunqueueCollector>(*sched, cgroup_path, config.runqueue_latency));
+    objects.push_back(sched->object());
+  }
+  metrics.Add(std::make_shared<BpfProgramCollector>(std::move(objects)));
   metrics.Add(std::make_shared<SelfCollector>(statuses));
 
   HttpServer::Options options;

@@ -263,12 +263,17 @@ constexpr const char* kBaseConfig =
 TEST_F(DaemonE2eTest, MetricsPagePassesPromtoolAndNamesTheHook) {
   const uint16_t port = StartDaemon(kBaseConfig);
   ASSERT_NE(port, 0);
-  EXPECT_THAT(status_, HasSubstr("1/1 probes attached"));
+  EXPECT_THAT(status_, HasSubstr("2/2 probes attached"));
   const std::string page = HttpGet("127.0.0.1", port, "/metrics");
   EXPECT_THAT(page, HasSubstr("kpulse_tcp_retransmits_total{kind=\"syn\"}"));
   EXPECT_THAT(page, HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"} 1"));
   EXPECT_THAT(page, HasSubstr("kpulse_probe_info{probe=\"tcp_retransmit\",hook=\"tp_btf\"} 1"));
   EXPECT_THAT(page, HasSubstr("kpulse_build_info{"));
+  EXPECT_THAT(page,
+              HasSubstr("kpulse_probe_info{probe=\"runqueue_latency\",hook=\"sched_info\"} 1"));
+  EXPECT_THAT(page, HasSubstr("kpulse_node_runqueue_latency_seconds_bucket{le=\"+Inf\"}"));
+  EXPECT_THAT(page, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\""));
+  EXPECT_THAT(page, HasSubstr("kpulse_bpf_program_runs_total{program=\"sched_switch_info\"}"));
   std::ofstream(dir_.path() / "page.txt") << page;
   const RunResult promtool =
       RunCommand("promtool check metrics < " + (dir_.path() / "page.txt").string());

@@ -55,6 +55,15 @@ void ExpectSameSettings(const Config& actual, const Config& expected) {
   EXPECT_EQ(a.flow_labels, e.flow_labels);
   EXPECT_EQ(a.fold_ephemeral_ports, e.fold_ephemeral_ports);
   EXPECT_EQ(a.netns_label, e.netns_label);
+  const RunqueueConfig& ar = actual.runqueue_latency;
+  const RunqueueConfig& er = expected.runqueue_latency;
+  EXPECT_EQ(ar.enabled, er.enabled);
+  EXPECT_EQ(ar.required, er.required);
+  EXPECT_EQ(ar.hook, er.hook);
+  EXPECT_EQ(ar.max_cgroups, er.max_cgroups);
+  EXPECT_EQ(ar.max_tasks, er.max_tasks);
+  EXPECT_EQ(ar.per_cpu, er.per_cpu);
+  EXPECT_EQ(actual.bpf_stats, expected.bpf_stats);
 }
 
 // A file under the test temp dir, removed when the object goes.
@@ -129,6 +138,49 @@ TEST(ConfigDefaults, ShippedConfigFileEqualsDefaults) {
   ExpectSameSettings(config, DefaultConfig());
   EXPECT_EQ(config.source, path);
 #endif
+}
+
+// Run-queue latency probe and bpf_stats.
+
+TEST(ConfigParse, RunqueueLatencyFields) {
+  const Config config = ParseConfig(
+      "bpf_stats: true\n"
+      "probes:\n"
+      "  runqueue_latency:\n"
+      "    enabled: false\n"
+      "    required: true\n"
+      "    hook: wakeup\n"
+      "    max_cgroups: 100\n"
+      "    max_tasks: 2048\n"
+      "    per_cpu: true\n",
+      kSource);
+  EXPECT_TRUE(config.bpf_stats);
+  EXPECT_FALSE(config.runqueue_latency.enabled);
+  EXPECT_TRUE(config.runqueue_latency.required);
+  EXPECT_EQ(config.runqueue_latency.hook, SchedHook::kWakeup);
+  EXPECT_EQ(config.runqueue_latency.max_cgroups, 100u);
+  EXPECT_EQ(config.runqueue_latency.max_tasks, 2048u);
+  EXPECT_TRUE(config.runqueue_latency.per_cpu);
+}
+
+TEST(ConfigErrors, RunqueueHookNamesTheAllowedValues) {
+  try {
+    ParseConfig("probes:\n  runqueue_latency:\n    hook: fentry\n", kSource);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("test.yaml:3:11: probes.runqueue_latency.hook:"));
+    EXPECT_THAT(e.what(), HasSubstr("auto, sched_info, wakeup"));
+  }
+}
+
+TEST(ConfigErrors, RunqueueMaxTasksOutOfRange) {
+  try {
+    ParseConfig("probes:\n  runqueue_latency:\n    max_tasks: 10\n", kSource);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("test.yaml:3:16: probes.runqueue_latency.max_tasks: must be an "
+                                    "integer from 1024 to 4194304, got 10"));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -256,7 +308,7 @@ TEST(ConfigErrors, StrayCommaInSecondDocumentIsASyntaxError) {
 
 TEST(ConfigErrors, UnknownTopLevelKey) {
   EXPECT_EQ(ErrorOf("log_level: info\nloglevel: debug\n"),
-            "test.yaml:2:1: loglevel: unknown key (known: log_level, http, probes)");
+            "test.yaml:2:1: loglevel: unknown key (known: log_level, http, probes, bpf_stats)");
 }
 
 TEST(ConfigErrors, UnknownHttpKey) {
@@ -267,7 +319,7 @@ TEST(ConfigErrors, UnknownHttpKey) {
 
 TEST(ConfigErrors, UnknownProbe) {
   EXPECT_EQ(ErrorOf("probes:\n  runqlat: {}\n"),
-            "test.yaml:2:3: probes.runqlat: unknown key (known: tcp_retransmit)");
+            "test.yaml:2:3: probes.runqlat: unknown key (known: tcp_retransmit, runqueue_latency)");
 }
 
 TEST(ConfigErrors, UnknownRetransKey) {

@@ -1,0 +1,127 @@
+#include "collect/runqueue_collector.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <map>
+
+#include "collect/family_builder.h"
+#include "util/label_value.h"
+
+namespace kpulse {
+
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+void Accumulate(sched_hist& sum, const sched_hist& one) {
+  for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) sum.slots[slot] += one.slots[slot];
+  sum.sum_ns += one.sum_ns;
+  sum.count += one.count;
+}
+
+void AddHistogram(MetricFamily& family, std::vector<ClientMetric::Label> labels,
+                  const sched_hist& hist) {
+  ClientMetric metric;
+  metric.label = std::move(labels);
+  metric.histogram = ToPrometheusHistogram(hist);
+  family.metric.push_back(std::move(metric));
+}
+
+}  // namespace
+
+double SlotUpperBoundSeconds(int slot) { return std::ldexp(1.0, slot + 1) / 1e6; }
+
+ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist) {
+  ClientMetric::Histogram out;
+  uint64_t cumulative = 0;
+  for (int slot = 0; slot + 1 < SCHED_HIST_SLOTS; ++slot) {
+    cumulative += hist.slots[slot];
+    out.bucket.push_back({cumulative, SlotUpperBoundSeconds(slot)});
+  }
+  // The open-ended last slot lands only in +Inf, which the serializer adds with sample_count.
+  out.sample_count = hist.count;
+  out.sample_sum = static_cast<double>(hist.sum_ns) / 1e9;
+  return out;
+}
+
+RunqueueCollector::RunqueueCollector(const RunqueueSource& source, CgroupPathLookup cgroup_path,
+                                     RunqueueConfig config)
+    : source_(source), cgroup_path_(std::move(cgroup_path)), config_(std::move(config)) {}
+
+std::vector<MetricFamily> RunqueueCollector::Collect() const {
+  std::vector<MetricFamily> families;
+  auto read_errors = MakeFamily("kpulse_runqueue_read_errors_total",
+                                "Scrapes whose read of the run-queue BPF maps failed.",
+                                MetricType::Counter);
+  tl::expected<RunqueueSnapshot, std::string> snapshot;
+  try {
+    snapshot = source_.RunqueueSnapshotNow();
+  } catch (const std::exception& e) {
+    snapshot = tl::unexpected(std::string(e.what()));
+  }
+  if (!snapshot) {
+    ++read_errors_;
+    spdlog::error("runqueue_latency: {}", snapshot.error());
+    AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
+    families.push_back(std::move(read_errors));
+    return families;
+  }
+
+  // Per cgroup (and CPU): entries sharing a label set (deleted cgroups) are summed.
+  std::map<std::pair<std::string, uint32_t>, sched_hist> by_label;
+  sched_hist node = snapshot->overflow;
+  for (const auto& [key, hist] : snapshot->hists) {
+    std::optional<std::string> path = cgroup_path_ ? cgroup_path_(key.cgroup_id) : std::nullopt;
+    std::string label = path ? SanitizeLabelValue(*path) : kDeletedCgroupLabel;
+    Accumulate(by_label[{std::move(label), key.cpu}], hist);
+    Accumulate(node, hist);
+  }
+  if (snapshot->overflow.count != 0) {
+    Accumulate(by_label[{kOverflowCgroupLabel, SCHED_ALL_CPUS}], snapshot->overflow);
+  }
+
+  auto per_cgroup = MakeFamily(
+      "kpulse_runqueue_latency_seconds",
+      "Time runnable threads waited for a CPU, per wait, by the cgroup of the thread that waited.",
+      MetricType::Histogram);
+  for (const auto& [labels, hist] : by_label) {
+    std::vector<ClientMetric::Label> label_set = {{"cgroup", labels.first}};
+    if (config_.per_cpu) {
+      label_set.push_back(
+          {"cpu", labels.second == SCHED_ALL_CPUS ? "<other>" : std::to_string(labels.second)});
+    }
+    AddHistogram(per_cgroup, std::move(label_set), hist);
+  }
+  families.push_back(std::move(per_cgroup));
+
+  auto node_family = MakeFamily("kpulse_node_runqueue_latency_seconds",
+                                "Time runnable threads waited for a CPU, per wait, whole node.",
+                                MetricType::Histogram);
+  AddHistogram(node_family, {}, node);
+  families.push_back(std::move(node_family));
+
+  auto entries = MakeFamily("kpulse_bpf_map_entries", "Entries in a kpulse BPF map at scrape time.",
+                            MetricType::Gauge);
+  AddSample(entries, {{"map", "runq_hists"}}, static_cast<double>(snapshot->hists.size()));
+  families.push_back(std::move(entries));
+  auto capacity = MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.",
+                             MetricType::Gauge);
+  AddSample(capacity, {{"map", "runq_hists"}}, snapshot->capacity);
+  families.push_back(std::move(capacity));
+
+  auto drops = MakeFamily("kpulse_runqueue_start_drops_total",
+                          "wakeup hook: runnable threads whose wait could not be timed because "
+                          "the start map was full (probes.runqueue_latency.max_tasks).",
+                          MetricType::Counter);
+  AddSample(drops, {}, static_cast<double>(snapshot->start_drops));
+  families.push_back(std::move(drops));
+
+  AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
+  families.push_back(std::move(read_errors));
+  return families;
+}
+
+}  // namespace kpulse

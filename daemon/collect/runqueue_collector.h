@@ -1,0 +1,37 @@
+#pragma once
+
+#include <atomic>
+
+#include <prometheus/client_metric.h>
+#include <prometheus/collectable.h>
+
+#include "bpf/sched_probe.h"
+#include "collect/retrans_collector.h"  // CgroupPathLookup
+#include "config/config.h"
+
+namespace kpulse {
+
+/// Upper bound (`le`, seconds) of histogram slot `slot`: slot i holds [2^i, 2^(i+1)) us, so its
+/// bound is 2^(i+1) us. The last slot is open-ended and has no finite bound (it is in +Inf).
+double SlotUpperBoundSeconds(int slot);
+
+/// A kernel log2 histogram as a Prometheus histogram: cumulative buckets for every finite slot,
+/// exact `_sum` (from the kernel's ns sum) and `_count`.
+prometheus::ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist);
+
+/// Run-queue latency families at scrape time. Thread-safe, never throws, never resets the
+/// kernel maps. Does not own `source`, which must outlive the collector.
+class RunqueueCollector : public prometheus::Collectable {
+ public:
+  RunqueueCollector(const RunqueueSource& source, CgroupPathLookup cgroup_path,
+                    RunqueueConfig config);
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const RunqueueSource& source_;
+  CgroupPathLookup cgroup_path_;
+  RunqueueConfig config_;
+  mutable std::atomic<uint64_t> read_errors_{0};
+};
+
+}  // namespace kpulse

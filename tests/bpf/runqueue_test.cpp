@@ -1,0 +1,342 @@
+// The run-queue latency probe against the kernel's own per-thread accounting:
+// /proc/<pid>/task/<tid>/schedstat = "on-CPU ns, run_delay ns, pcount (times switched in)".
+// Every test runs once per hook path (sched_info, wakeup), forced by config.
+#include <dirent.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "bpf/sched_probe.h"
+#include "collect/runqueue_collector.h"
+#include "test_env.h"
+
+namespace kpulse {
+
+void PrintTo(SchedHook hook, std::ostream* os) { *os << ToString(hook); }
+
+namespace {
+
+using namespace std::chrono_literals;
+using test::TestCgroup;
+
+struct SchedStat {
+  uint64_t exec_ns = 0, run_delay_ns = 0, pcount = 0;
+};
+
+// Per-thread schedstat of every thread of `pid`, summed.
+SchedStat ProcessSchedStat(pid_t pid) {
+  SchedStat sum;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* tasks = opendir(dir.c_str());
+  if (!tasks) return sum;
+  while (dirent* entry = readdir(tasks)) {
+    if (entry->d_name[0] == '.') continue;
+    std::ifstream file(dir + "/" + entry->d_name + "/schedstat");
+    SchedStat one;
+    if (file >> one.exec_ns >> one.run_delay_ns >> one.pcount) {
+      sum.exec_ns += one.exec_ns;
+      sum.run_delay_ns += one.run_delay_ns;
+      sum.pcount += one.pcount;
+    }
+  }
+  closedir(tasks);
+  return sum;
+}
+
+// True once every thread of `pid` is sleeping (state S or D), i.e. has switched out and had
+// its last wait accounted on both sides.
+bool AllThreadsAsleep(pid_t pid, size_t expected_threads) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* tasks = opendir(dir.c_str());
+  if (!tasks) return false;
+  size_t asleep = 0, total = 0;
+  while (dirent* entry = readdir(tasks)) {
+    if (entry->d_name[0] == '.') continue;
+    ++total;
+    std::ifstream file(dir + "/" + entry->d_name + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    const auto paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() &&
+        (stat[paren + 2] == 'S' || stat[paren + 2] == 'D')) {
+      ++asleep;
+    }
+  }
+  closedir(tasks);
+  return total == expected_threads && asleep == total;
+}
+
+bool WaitAllAsleep(pid_t pid, size_t threads, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (AllThreadsAsleep(pid, threads)) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+sched_hist CgroupHist(const RunqueueSnapshot& snapshot, uint64_t cgroup_id) {
+  sched_hist sum{};
+  for (const auto& [key, hist] : snapshot.hists) {
+    if (key.cgroup_id != cgroup_id) continue;
+    for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) sum.slots[slot] += hist.slots[slot];
+    sum.sum_ns += hist.sum_ns;
+    sum.count += hist.count;
+  }
+  return sum;
+}
+
+sched_hist Delta(const sched_hist& after, const sched_hist& before) {
+  sched_hist delta{};
+  for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) {
+    delta.slots[slot] = after.slots[slot] - before.slots[slot];
+  }
+  delta.sum_ns = after.sum_ns - before.sum_ns;
+  delta.count = after.count - before.count;
+  return delta;
+}
+
+void PinToCpu(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof(set), &set);
+}
+
+void SpinFor(std::chrono::microseconds duration) {
+  const auto end = std::chrono::steady_clock::now() + duration;
+  while (std::chrono::steady_clock::now() < end) {
+  }
+}
+
+// A process created with fork() that joins `cgroup`, runs `body`, and exits with its value.
+class CgroupChild {
+ public:
+  CgroupChild(const TestCgroup& cgroup, std::function<int()> body) {
+    const std::string procs = cgroup.dir() + "/cgroup.procs";
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::ofstream(procs) << 0;
+      _exit(body());
+    }
+  }
+  ~CgroupChild() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
+ protected:
+  void SetUp() override {
+    KPULSE_REQUIRE_ROOT();
+    cpu_ = static_cast<int>(std::thread::hardware_concurrency()) - 1;
+  }
+
+  std::unique_ptr<SchedProbe> StartProbe() {
+    RunqueueConfig config;
+    config.hook = GetParam();
+    auto probe = SchedProbe::Start(config);
+    EXPECT_EQ(probe->hook(), ToString(GetParam()));
+    return probe;
+  }
+
+  static RunqueueSnapshot Snapshot(const SchedProbe& probe) {
+    auto snapshot = probe.RunqueueSnapshotNow();
+    if (!snapshot) ADD_FAILURE() << snapshot.error();
+    return snapshot ? *snapshot : RunqueueSnapshot{};
+  }
+
+  int cpu_ = 0;
+};
+
+// Ground truth: 3 CPU-bound threads pinned to one CPU for 2 s wait for each other. Between two
+// instants at which every thread of the process is asleep, the sum of their schedstat run_delay
+// deltas must equal kpulse's _sum delta for the cgroup, and the pcount deltas its _count delta.
+// Tolerance 3%: the wakeup hook timestamps a wakeup at the tracepoint, a little after the
+// kernel's own enqueue clock read, and a preempted task at the switch-out tracepoint; the
+// sched_info hook reads the kernel's own numbers and must agree exactly. An idle cgroup next to
+// it must get no run-queue time at all.
+TEST_P(RunqueueProbeTest, CgroupSumAndCountMatchSchedstatRunDelayAndPcount) {
+  constexpr int kSpinners = 3;
+  TestCgroup busy("rq"), idle("rqidle");
+  auto probe = StartProbe();
+
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  const int cpu = cpu_;
+  CgroupChild spinners(busy, [&] {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kSpinners; ++i) {
+      threads.emplace_back([&] {
+        PinToCpu(cpu);
+        char byte;
+        if (read(go[0], &byte, 1) != 1) return;
+        SpinFor(2s);
+        pause();  // asleep until killed
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    return 0;
+  });
+  CgroupChild idler(idle, [] {
+    pause();
+    return 0;
+  });
+  ASSERT_TRUE(WaitAllAsleep(spinners.pid(), kSpinners + 1, 5s));
+  ASSERT_TRUE(WaitAllAsleep(idler.pid(), 1, 5s));
+
+  const SchedStat before = ProcessSchedStat(spinners.pid());
+  const RunqueueSnapshot kpulse_before = Snapshot(*probe);
+  const sched_hist idle_before = CgroupHist(kpulse_before, idle.id());
+  ASSERT_EQ(write(go[1], "xxx", kSpinners), kSpinners);
+  std::this_thread::sleep_for(2s);
+  ASSERT_TRUE(WaitAllAsleep(spinners.pid(), kSpinners + 1, 10s));
+  const SchedStat after = ProcessSchedStat(spinners.pid());
+  const RunqueueSnapshot kpulse_after = Snapshot(*probe);
+
+  const sched_hist kpulse =
+      Delta(CgroupHist(kpulse_after, busy.id()), CgroupHist(kpulse_before, busy.id()));
+  const double kernel_delay = static_cast<double>(after.run_delay_ns - before.run_delay_ns);
+  const double kernel_pcount = static_cast<double>(after.pcount - before.pcount);
+  std::printf("%s: run_delay kernel %.3f s, kpulse %.3f s; pcount kernel %.0f, kpulse %llu\n",
+              std::string(ToString(GetParam())).c_str(), kernel_delay * 1e-9,
+              static_cast<double>(kpulse.sum_ns) * 1e-9, kernel_pcount,
+              static_cast<unsigned long long>(kpulse.count));
+  EXPECT_GT(kernel_delay, 1e9) << "3 spinners on one CPU for 2 s wait > 1 s in all (setup)";
+  EXPECT_NEAR(static_cast<double>(kpulse.sum_ns), kernel_delay, 0.03 * kernel_delay);
+  EXPECT_NEAR(static_cast<double>(kpulse.count), kernel_pcount, 0.03 * kernel_pcount);
+  uint64_t slot_total = 0;
+  for (uint64_t n : kpulse.slots) slot_total += n;
+  EXPECT_EQ(slot_total, kpulse.count) << "every wait lands in exactly one bucket";
+
+  const sched_hist idle_delta = Delta(CgroupHist(kpulse_after, idle.id()), idle_before);
+  EXPECT_EQ(idle_delta.count, 0u);
+  EXPECT_EQ(idle_delta.sum_ns, 0u);
+}
+
+// A normal thread in cgroup X is woken by a SCHED_FIFO thread of cgroup Y on the same CPU, which
+// then spins for 24 ms: every wait of X's thread is ~24 ms, in the bucket [16.384, 32.768) ms
+// (le = 0.032768), and is charged to X (the waiting task), never to Y (the waker).
+TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup) {
+  constexpr int kRounds = 12;
+  constexpr int kExpectedSlot = 14;  // floor(log2(24000 us))
+  TestCgroup wakee("rqwakee"), waker("rqwaker");
+  auto probe = StartProbe();
+  int wake[2];
+  ASSERT_EQ(pipe(wake), 0);
+  const int cpu = cpu_;
+
+  CgroupChild woken(wakee, [&] {
+    PinToCpu(cpu);
+    char byte;
+    for (int i = 0; i < kRounds; ++i) {
+      if (read(wake[0], &byte, 1) != 1) return 1;
+    }
+    pause();
+    return 0;
+  });
+  ASSERT_TRUE(WaitAllAsleep(woken.pid(), 1, 5s));
+  const RunqueueSnapshot before = Snapshot(*probe);
+  const SchedStat wakee_before = ProcessSchedStat(woken.pid());
+
+  CgroupChild spinner(waker, [&] {
+    PinToCpu(cpu);
+    sched_param param{};
+    param.sched_priority = 10;
+    if (sched_setscheduler(0, SCHED_FIFO, &param) != 0) return 2;
+    for (int i = 0; i < kRounds; ++i) {
+      if (write(wake[1], "w", 1) != 1) return 3;
+      SpinFor(24ms);  // the woken thread waits behind us
+      std::this_thread::sleep_for(40ms);
+    }
+    return 0;
+  });
+  EXPECT_EQ(spinner.Wait(), 0) << "the FIFO waker failed (2: sched_setscheduler)";
+  ASSERT_TRUE(WaitAllAsleep(woken.pid(), 1, 5s));
+  const RunqueueSnapshot after = Snapshot(*probe);
+  const SchedStat wakee_after = ProcessSchedStat(woken.pid());
+
+  const sched_hist x = Delta(CgroupHist(after, wakee.id()), CgroupHist(before, wakee.id()));
+  const sched_hist y = Delta(CgroupHist(after, waker.id()), CgroupHist(before, waker.id()));
+  EXPECT_EQ(x.count, static_cast<uint64_t>(kRounds)) << "one wait per wakeup";
+  EXPECT_GE(x.slots[kExpectedSlot], static_cast<uint64_t>(kRounds - 1))
+      << "~24 ms waits belong in [16.384, 32.768) ms";
+  const double kernel_delay =
+      static_cast<double>(wakee_after.run_delay_ns - wakee_before.run_delay_ns);
+  EXPECT_NEAR(static_cast<double>(x.sum_ns), kernel_delay, 0.03 * kernel_delay);
+  uint64_t waker_long_waits = 0;
+  for (int slot = 10; slot < SCHED_HIST_SLOTS; ++slot) waker_long_waits += y.slots[slot];
+  EXPECT_EQ(waker_long_waits, 0u) << "the FIFO waker never waits ~ms: nothing charged to it";
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(kExpectedSlot), 0.032768);
+}
+
+// The wakeup hook's tid-keyed start map must not keep entries of threads that exited. (The
+// sched_info hook keeps its state in task storage, which the kernel frees with the task.)
+TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
+  KPULSE_REQUIRE_ROOT();
+  TestCgroup cgroup("rqexit");
+  RunqueueConfig config;
+  config.hook = SchedHook::kWakeup;
+  auto probe = SchedProbe::Start(config);
+  int tids[2];
+  ASSERT_EQ(pipe(tids), 0);
+  CgroupChild churn(cgroup, [&] {
+    for (int round = 0; round < 10; ++round) {
+      std::vector<std::thread> threads;
+      for (int i = 0; i < 30; ++i) {
+        threads.emplace_back([&] {
+          const auto tid = static_cast<uint32_t>(syscall(SYS_gettid));
+          (void)!write(tids[1], &tid, sizeof(tid));
+          std::this_thread::sleep_for(1ms);  // a wakeup: one start entry while it waits
+        });
+      }
+      for (auto& thread : threads) thread.join();
+    }
+    return 0;
+  });
+  EXPECT_EQ(churn.Wait(), 0);
+  close(tids[1]);
+  std::set<uint32_t> exited;
+  uint32_t tid;
+  while (read(tids[0], &tid, sizeof(tid)) == sizeof(tid)) exited.insert(tid);
+  EXPECT_EQ(exited.size(), 300u);
+
+  auto left = probe->StartMapTids();
+  ASSERT_TRUE(left) << left.error();
+  size_t leaked = 0;
+  for (uint32_t entry : *left) leaked += exited.count(entry);
+  EXPECT_EQ(leaked, 0u) << "start map entries of exited threads";
+}
+
+INSTANTIATE_TEST_SUITE_P(BothHooks, RunqueueProbeTest,
+                         ::testing::Values(SchedHook::kSchedInfo, SchedHook::kWakeup),
+                         [](const auto& param_info) {
+                           return std::string(ToString(param_info.param));
+                         });
+
+}  // namespace
+}  // namespace kpulse

@@ -1,0 +1,127 @@
+#include "collect/runqueue_collector.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <prometheus/text_serializer.h>
+
+#include <map>
+
+namespace kpulse {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class FakeRunqueueSource : public RunqueueSource {
+ public:
+  tl::expected<RunqueueSnapshot, std::string> RunqueueSnapshotNow() const override {
+    if (!error.empty()) return tl::unexpected(error);
+    return snapshot;
+  }
+  RunqueueSnapshot snapshot;
+  std::string error;
+};
+
+sched_hist Hist(std::map<int, uint64_t> slots, uint64_t sum_ns) {
+  sched_hist hist{};
+  for (const auto& [slot, count] : slots) {
+    hist.slots[slot] = count;
+    hist.count += count;
+  }
+  hist.sum_ns = sum_ns;
+  return hist;
+}
+
+CgroupPathLookup Paths(std::map<uint64_t, std::string> paths) {
+  return [paths](uint64_t id) -> std::optional<std::string> {
+    auto it = paths.find(id);
+    if (it == paths.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+std::string Render(const RunqueueCollector& collector) {
+  return prometheus::TextSerializer().Serialize(collector.Collect());
+}
+
+TEST(SlotUpperBound, SlotIHoldsValuesBelowTwoToTheIPlusOneMicroseconds) {
+  // floor(log2(us)) = i puts us in [2^i, 2^(i+1)): the bucket's le is 2^(i+1) us, not 2^i
+  // (ebpf_exporter's off-by-one).
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(0), 2e-6);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(1), 4e-6);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(9), 1024e-6);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(14), 0.032768);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(SCHED_HIST_SLOTS - 2), 67.108864);
+}
+
+TEST(ToPrometheusHistogram, BucketsAreCumulativeAndSumAndCountExact) {
+  const auto out = ToPrometheusHistogram(Hist({{0, 2}, {3, 5}, {14, 1}}, 123456789));
+  ASSERT_EQ(out.bucket.size(), static_cast<size_t>(SCHED_HIST_SLOTS - 1));
+  EXPECT_EQ(out.bucket[0].cumulative_count, 2u);
+  EXPECT_EQ(out.bucket[2].cumulative_count, 2u);
+  EXPECT_EQ(out.bucket[3].cumulative_count, 7u);
+  EXPECT_DOUBLE_EQ(out.bucket[3].upper_bound, 16e-6);
+  EXPECT_EQ(out.bucket[13].cumulative_count, 7u);
+  EXPECT_EQ(out.bucket[14].cumulative_count, 8u);
+  EXPECT_EQ(out.sample_count, 8u);
+  EXPECT_DOUBLE_EQ(out.sample_sum, 0.123456789);
+}
+
+TEST(ToPrometheusHistogram, OpenEndedLastSlotOnlyInInf) {
+  const auto out = ToPrometheusHistogram(Hist({{SCHED_HIST_SLOTS - 1, 3}}, 300000000000ULL));
+  EXPECT_EQ(out.bucket.back().cumulative_count, 0u) << "no finite bucket holds >= 67 s";
+  EXPECT_EQ(out.sample_count, 3u);  // the serializer's +Inf bucket
+}
+
+TEST(RunqueueCollector, PerCgroupAndNodeHistogramsInTextFormat) {
+  FakeRunqueueSource source;
+  source.snapshot.hists = {{{100, SCHED_ALL_CPUS, 0}, Hist({{3, 4}}, 40000)}};
+  source.snapshot.overflow = Hist({{5, 1}}, 50000);
+  RunqueueCollector collector(source, Paths({{100, "/system.slice/app.service"}}),
+                              RunqueueConfig{});
+  const std::string text = Render(collector);
+  EXPECT_THAT(text, HasSubstr("# TYPE kpulse_runqueue_latency_seconds histogram"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_bucket{cgroup=\"/system.slice/"
+                              "app.service\",le=\"1.6e-05\"} 4"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/system.slice/"
+                              "app.service\"} 4"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<other>\"} 1"));
+  // Node = every cgroup + overflow.
+  EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_count 5"));
+  EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_bucket{le=\"+Inf\"} 5"));
+  for (const auto& family : collector.Collect()) {
+    if (family.name == "kpulse_node_runqueue_latency_seconds") {
+      EXPECT_DOUBLE_EQ(family.metric.at(0).histogram.sample_sum, 90000e-9);
+    }
+  }
+}
+
+TEST(RunqueueCollector, DeletedCgroupsFoldAndPerCpuAddsACpuLabel) {
+  FakeRunqueueSource source;
+  source.snapshot.hists = {
+      {{7, 0, 0}, Hist({{1, 1}}, 3000)},
+      {{8, 0, 0}, Hist({{1, 2}}, 6000)},
+      {{9, 1, 0}, Hist({{2, 1}}, 5000)},
+  };
+  RunqueueConfig config;
+  config.per_cpu = true;
+  RunqueueCollector collector(source, Paths({{9, "/a"}}), config);
+  const std::string text = Render(collector);
+  EXPECT_THAT(text,
+              HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<deleted>\",cpu=\"0\"} 3"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/a\",cpu=\"1\"} 1"));
+  EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_count 4"));
+}
+
+TEST(RunqueueCollector, ReadErrorYieldsOnlyTheErrorCounter) {
+  FakeRunqueueSource source;
+  source.error = "lookup of BPF map 'sched_totals' failed: Bad file descriptor";
+  RunqueueCollector collector(source, Paths({}), RunqueueConfig{});
+  const auto families = collector.Collect();
+  ASSERT_EQ(families.size(), 1u);
+  EXPECT_EQ(families[0].name, "kpulse_runqueue_read_errors_total");
+  EXPECT_THAT(Render(collector), Not(HasSubstr("kpulse_runqueue_latency_seconds")));
+}
+
+}  // namespace
+}  // namespace kpulse
