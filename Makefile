@@ -12,7 +12,7 @@ BUILD_DEPS := cmake make g++ clang llvm pkg-config bpftool libbpf-dev libelf-dev
               libexpected-dev libgtest-dev libgmock-dev
 TEST_DEPS := nftables iproute2 procps prometheus systemd
 
-.PHONY: deps build run test clean
+.PHONY: deps build run test bench clean
 
 deps:
 	@missing=""; for p in $(BUILD_DEPS) $(TEST_DEPS); do \
@@ -32,6 +32,9 @@ run: build
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --no-tests=error -j 1
+
+bench: build
+	$(BUILD_DIR)/tests/kpulse_sched_bench 7 1
 
 clean:
 	rm -rf $(BUILD_DIR)

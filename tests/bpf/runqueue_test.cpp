@@ -1,6 +1,7 @@
 // The run-queue latency probe against the kernel's own per-thread accounting:
 // /proc/<pid>/task/<tid>/schedstat = "on-CPU ns, run_delay ns, pcount (times switched in)".
 // Every test runs once per hook path (sched_info, wakeup), forced by config.
+#include <bpf/bpf.h>
 #include <dirent.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -19,6 +20,7 @@
 #include <thread>
 
 #include "bpf/sched_probe.h"
+#include "collect/bpf_program_collector.h"
 #include "collect/runqueue_collector.h"
 #include "test_env.h"
 
@@ -330,6 +332,61 @@ TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
   size_t leaked = 0;
   for (uint32_t entry : *left) leaked += exited.count(entry);
   EXPECT_EQ(leaked, 0u) << "start map entries of exited threads";
+}
+
+uint64_t ProcStatContextSwitches() {
+  std::ifstream file("/proc/stat");
+  std::string key;
+  uint64_t value = 0;
+  while (file >> key) {
+    if (key == "ctxt" && file >> value) return value;
+    file.ignore(1 << 20, '\n');
+  }
+  return 0;
+}
+
+// The self-metric kpulse_bpf_program_runs_total{program=~"sched_switch.*"} against the kernel's
+// own count of context switches (/proc/stat ctxt, every CPU). Both count __schedule() calls that
+// switch tasks; the two reads are not atomic together, hence 1% tolerance.
+TEST_P(RunqueueProbeTest, SchedSwitchProgramRunsMatchProcStatContextSwitches) {
+  const int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+  ASSERT_GE(stats_fd, 0) << strerror(errno);
+  auto probe = StartProbe();
+  BpfProgramCollector collector({probe->object()});
+  auto switch_runs = [&] {
+    double runs = 0;
+    for (const auto& family : collector.Collect()) {
+      if (family.name != "kpulse_bpf_program_runs_total") continue;
+      for (const auto& metric : family.metric) {
+        if (metric.label.at(0).value.rfind("sched_switch", 0) == 0) runs += metric.counter.value;
+      }
+    }
+    return runs;
+  };
+  const double runs_before = switch_runs();
+  const uint64_t ctxt_before = ProcStatContextSwitches();
+  int ping[2], pong[2];
+  ASSERT_EQ(pipe(ping), 0);
+  ASSERT_EQ(pipe(pong), 0);
+  std::thread echo([&] {  // 20000 round trips: at least 40000 context switches
+    char byte;
+    while (read(ping[0], &byte, 1) == 1 && write(pong[1], &byte, 1) == 1) {
+    }
+  });
+  char byte = 'x';
+  for (int i = 0; i < 20000; ++i) {
+    ASSERT_EQ(write(ping[1], &byte, 1), 1);
+    ASSERT_EQ(read(pong[0], &byte, 1), 1);
+  }
+  close(ping[1]);
+  echo.join();
+  for (int fd : {ping[0], pong[0], pong[1]}) close(fd);
+  const double runs = switch_runs() - runs_before;
+  const double ctxt = static_cast<double>(ProcStatContextSwitches() - ctxt_before);
+  close(stats_fd);
+  std::printf("context switches: /proc/stat %.0f, kpulse program runs %.0f\n", ctxt, runs);
+  EXPECT_GT(ctxt, 40000);
+  EXPECT_NEAR(runs, ctxt, 0.01 * ctxt);
 }
 
 INSTANTIATE_TEST_SUITE_P(BothHooks, RunqueueProbeTest,
