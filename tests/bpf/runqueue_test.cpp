@@ -158,8 +158,7 @@ class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
     cpu_ = static_cast<int>(std::thread::hardware_concurrency()) - 1;
   }
 
-  std::unique_ptr<SchedProbe> StartProbe() {
-    RunqueueConfig config;
+  std::unique_ptr<SchedProbe> StartProbe(RunqueueConfig config = {}) {
     config.hook = GetParam();
     auto probe = SchedProbe::Start(config);
     EXPECT_EQ(probe->hook(), ToString(GetParam()));
@@ -332,6 +331,40 @@ TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
   size_t leaked = 0;
   for (uint32_t entry : *left) leaked += exited.count(entry);
   EXPECT_EQ(leaked, 0u) << "start map entries of exited threads";
+}
+
+// per_cpu keys each histogram by the CPU whose run queue the thread waited on: threads pinned to
+// one CPU wait only there.
+TEST_P(RunqueueProbeTest, PerCpuHistogramsNameThePinnedCpu) {
+  TestCgroup cgroup("rqcpu");
+  RunqueueConfig config;
+  config.per_cpu = true;
+  auto probe = StartProbe(config);
+  const int cpu = cpu_;
+  CgroupChild spinners(cgroup, [&] {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 2; ++i) {
+      threads.emplace_back([&] {
+        PinToCpu(cpu);
+        SpinFor(300ms);
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    return 0;
+  });
+  EXPECT_EQ(spinners.Wait(), 0);
+  std::map<uint32_t, uint64_t> waits_by_cpu;
+  for (const auto& [key, hist] : Snapshot(*probe).hists) {
+    if (key.cgroup_id == cgroup.id()) waits_by_cpu[key.cpu] += hist.count;
+  }
+  EXPECT_GT(waits_by_cpu[static_cast<uint32_t>(cpu)], 10u) << "two spinners share one CPU";
+  for (const auto& [key_cpu, waits] : waits_by_cpu) {
+    // The main thread (not pinned) may wait elsewhere; the spinners' waits are all on `cpu`.
+    if (key_cpu != static_cast<uint32_t>(cpu)) {
+      EXPECT_LE(waits, 3u) << "cpu " << key_cpu;
+    }
+  }
+  EXPECT_EQ(waits_by_cpu.count(SCHED_ALL_CPUS), 0u);
 }
 
 uint64_t ProcStatContextSwitches() {
