@@ -1,21 +1,29 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * Scheduler probes. Run-queue latency: how long runnable tasks waited for a CPU, as a log2
- * histogram per cgroup of the task that waited, with an exact sum and count.
+ * Scheduler probes, one object so that both share the sched_switch program:
+ * - run-queue latency: how long runnable tasks waited for a CPU, per cgroup of the task that
+ *   waited (log2 histogram, exact sum and count);
+ * - off-CPU time: how long tasks were blocked (from switch-out in a sleeping state to the
+ *   wakeup), per cgroup of the task and state class, optionally by kernel + user stack.
+ * For every thread, on-CPU + run-queue wait + blocked = wall time.
  *
  * Two ways to measure; user space loads exactly one (bpf_program__set_autoload):
  *
- * 1. sched_info (primary): one tp_btf/sched_switch program. With CONFIG_SCHED_INFO the kernel
- *    keeps, per task, sched_info.run_delay (total ns spent waiting on a run queue) and pcount
- *    (times switched in), both current for `prev` at this tracepoint. Exactly one switch-in lies
- *    between two switch-outs of a task, so the run_delay delta since its previous switch-out is
- *    the wait before the slice that just ended. Baselines live in task-local storage, which the
- *    kernel frees with the task. Agrees with /proc/<pid>/task/<tid>/schedstat by construction.
+ * 1. sched_info (primary): one tp_btf/sched_switch program, for `prev` only. With
+ *    CONFIG_SCHED_INFO the kernel keeps, per task, sched_info.run_delay (total ns spent waiting
+ *    on a run queue) and pcount (times switched in), and se.sum_exec_runtime (ns on a CPU), all
+ *    current for `prev` at this tracepoint. Exactly one switch-in lies between two switch-outs
+ *    of a task, so since its previous switch-out:
+ *        run-queue wait = delta run_delay,
+ *        blocked        = delta wall - delta exec - delta run_delay  (when it had blocked).
+ *    Baselines live in task-local storage, which the kernel frees with the task. Agrees with
+ *    /proc/<pid>/task/<tid>/schedstat by construction. An interval is reported when the task
+ *    next switches out.
  *
- * 2. wakeup (fallback): raw_tp sched_wakeup / sched_wakeup_new / sched_switch (the classic
- *    runqlat): a task becomes runnable at wakeup, or when switched out while still runnable
- *    (preempted); the wait ends at its switch-in. Timestamps in a tid-keyed hash, removed at
- *    switch-in and at sched_process_exit. For kernels without SCHED_INFO or task storage.
+ * 2. wakeup (fallback): raw_tp sched_wakeup / sched_wakeup_new / sched_switch (classic runqlat
+ *    and offcputime): a wait runs from wakeup (or preemption) to switch-in, a block from
+ *    switch-out to wakeup. Timestamps in tid-keyed hashes, removed when consumed and at
+ *    sched_process_exit. For kernels without SCHED_INFO or task storage.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -28,8 +36,18 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+#define KPULSE_TASK_INTERRUPTIBLE 0x0001
+#define KPULSE_TASK_UNINTERRUPTIBLE 0x0002
+#define KPULSE_TASK_DEAD 0x0080
+#define KPULSE_TASK_NOLOAD 0x0400
+
 /* Set by user space between open and load. */
-const volatile bool per_cpu = false; /* key histograms by CPU too */
+const volatile bool runq_enabled = true;
+const volatile bool offcpu_enabled = true;
+const volatile bool per_cpu = false;            /* run-queue histograms keyed by CPU too */
+const volatile __u64 offcpu_min_block_ns = 0;   /* shorter blocks are not counted */
+const volatile bool stacks_enabled = false;
+const volatile __u64 stack_min_block_ns = 1000000; /* shorter blocks get no stack entry */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -46,6 +64,27 @@ struct {
 } runq_hists SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096); /* resized by user space */
+	__type(key, struct offcpu_key);
+	__type(value, struct sched_hist);
+} offcpu_hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 127 * sizeof(__u64)); /* PERF_MAX_STACK_DEPTH */
+	__uint(max_entries, 16384);              /* resized by user space (1 when stacks are off) */
+} offcpu_stack_traces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); /* resized by user space (1 when stacks are off) */
+	__type(key, struct offcpu_stack_key);
+	__type(value, struct offcpu_stack_value);
+} offcpu_stacks SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -60,6 +99,14 @@ struct {
 	__type(value, __u64);
 } runq_start SEC(".maps");
 
+/* Fallback only: tid -> its blocking switch-out. Resized by user space (1 when unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct offcpu_start);
+} offcpu_start SEC(".maps");
+
 static const struct sched_hist zero_hist;
 
 static __always_inline struct sched_totals *totals(void)
@@ -68,35 +115,116 @@ static __always_inline struct sched_totals *totals(void)
 	return bpf_map_lookup_elem(&sched_totals, &zero);
 }
 
+static __always_inline __u32 hist_slot(__u64 ns)
+{
+	__u32 slot = log2_u64(ns / 1000);
+	return slot < SCHED_HIST_SLOTS ? slot : SCHED_HIST_SLOTS - 1;
+}
+
+/* Adds `samples` observations totalling `ns` to the histogram at `key` in `map`, creating it;
+ * returns false when the map is full (the caller keeps the count elsewhere). */
+static __always_inline bool hist_add(void *map, const void *key, __u64 ns, __u64 samples)
+{
+	struct sched_hist *hist = bpf_map_lookup_elem(map, key);
+	if (!hist) {
+		bpf_map_update_elem(map, key, &zero_hist, BPF_NOEXIST);
+		hist = bpf_map_lookup_elem(map, key);
+		if (!hist)
+			return false;
+	}
+	__sync_fetch_and_add(&hist->slots[hist_slot(ns / samples)], samples);
+	__sync_fetch_and_add(&hist->sum_ns, ns);
+	__sync_fetch_and_add(&hist->count, samples);
+	return true;
+}
+
+/* Per-CPU, so no atomics. */
+static __always_inline void overflow_add(struct sched_hist *hist, __u64 ns, __u64 samples)
+{
+	hist->slots[hist_slot(ns / samples)] += samples;
+	hist->sum_ns += ns;
+	hist->count += samples;
+}
+
 /* Adds `samples` waits totalling `delay_ns` (one, except after a missed baseline). */
 static __always_inline void runq_record(__u64 cgroup_id, __u64 delay_ns, __u64 samples)
 {
-	__u32 slot = log2_u64(delay_ns / samples / 1000);
-	if (slot >= SCHED_HIST_SLOTS)
-		slot = SCHED_HIST_SLOTS - 1;
-
 	struct runq_key key = {
 		.cgroup_id = cgroup_id,
 		.cpu = per_cpu ? bpf_get_smp_processor_id() : SCHED_ALL_CPUS,
 	};
-	struct sched_hist *hist = bpf_map_lookup_elem(&runq_hists, &key);
-	if (!hist) {
-		bpf_map_update_elem(&runq_hists, &key, &zero_hist, BPF_NOEXIST);
-		hist = bpf_map_lookup_elem(&runq_hists, &key);
-	}
-	if (hist) {
-		__sync_fetch_and_add(&hist->slots[slot], samples);
-		__sync_fetch_and_add(&hist->sum_ns, delay_ns);
-		__sync_fetch_and_add(&hist->count, samples);
+	if (hist_add(&runq_hists, &key, delay_ns, samples))
 		return;
-	}
-	/* Map full: keep the node-wide histogram exact (per-CPU, no atomics needed). */
 	struct sched_totals *t = totals();
-	if (!t)
+	if (t)
+		overflow_add(&t->runq_overflow, delay_ns, samples);
+}
+
+/* State class of a task being switched out, by bits of its state word (which carries modifier
+ * bits such as TASK_FREEZABLE: never compare for equality with a sleep state). */
+static __always_inline __u32 offcpu_state_of(bool preempt, const struct task_struct *task)
+{
+	if (preempt)
+		return OFFCPU_NOT_BLOCKED;
+	unsigned int state = task_state(task);
+	if (state & KPULSE_TASK_UNINTERRUPTIBLE)
+		return (state & KPULSE_TASK_NOLOAD) ? OFFCPU_IDLE : OFFCPU_DISK;
+	if (state & KPULSE_TASK_INTERRUPTIBLE)
+		return OFFCPU_SLEEP;
+	if (state & KPULSE_TASK_DEAD)
+		return OFFCPU_EXITING;
+	if (state == KPULSE_TASK_RUNNING) /* its sleep was cancelled (e.g. a pending signal) */
+		return OFFCPU_NOT_BLOCKED;
+	return OFFCPU_OTHER;
+}
+
+/* Stack ids of the current task (prev at sched_switch), or -1 each when stacks are off. */
+static __always_inline void capture_stacks(void *ctx, __s32 *kstack, __s32 *ustack)
+{
+	*kstack = -1;
+	*ustack = -1;
+	if (!stacks_enabled)
 		return;
-	t->runq_overflow.slots[slot] += samples;
-	t->runq_overflow.sum_ns += delay_ns;
-	t->runq_overflow.count += samples;
+	*kstack = bpf_get_stackid(ctx, &offcpu_stack_traces, 0);
+	*ustack = bpf_get_stackid(ctx, &offcpu_stack_traces, BPF_F_USER_STACK);
+}
+
+static __always_inline void offcpu_record(__u64 cgroup_id, __u32 tgid, __u32 state, __u64 ns,
+					  __s32 kstack, __s32 ustack)
+{
+	if (state >= OFFCPU_STATE_MAX || ns < offcpu_min_block_ns)
+		return;
+	struct offcpu_key key = { .cgroup_id = cgroup_id, .state = state };
+	struct sched_totals *t = NULL;
+	if (!hist_add(&offcpu_hists, &key, ns, 1)) {
+		t = totals();
+		if (t)
+			overflow_add(&t->offcpu_overflow[state], ns, 1);
+	}
+	if (!stacks_enabled || ns < stack_min_block_ns)
+		return;
+	struct offcpu_stack_key skey = {
+		.cgroup_id = cgroup_id,
+		.tgid = tgid,
+		.state = state,
+		.kstack_id = kstack,
+		.ustack_id = ustack,
+	};
+	struct offcpu_stack_value *value = bpf_map_lookup_elem(&offcpu_stacks, &skey);
+	if (!value) {
+		struct offcpu_stack_value zero = {};
+		bpf_map_update_elem(&offcpu_stacks, &skey, &zero, BPF_NOEXIST);
+		value = bpf_map_lookup_elem(&offcpu_stacks, &skey);
+	}
+	if (value && kstack >= 0) {
+		__sync_fetch_and_add(&value->blocked_ns, ns);
+		__sync_fetch_and_add(&value->count, 1);
+		return;
+	}
+	if (!t)
+		t = totals();
+	if (t)
+		t->stack_drops++;
 }
 
 /* ---- 1. sched_info (primary) ---- */
@@ -106,20 +234,40 @@ int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct t
 {
 	if (prev->pid == 0) /* the idle task */
 		return 0;
-	struct sched_task_state *state =
+	struct sched_task_state *st =
 		bpf_task_storage_get(&sched_task_states, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!state)
+	if (!st)
 		return 0;
+	__u64 now = bpf_ktime_get_ns();
 	__u64 run_delay = prev->sched_info.run_delay;
 	__u64 pcount = prev->sched_info.pcount;
-	/* Fresh storage (pcount 0) has no baseline: the task's first slice since load is skipped. */
-	if (state->pcount != 0 && pcount > state->pcount) {
-		/* At sched_switch, current is still prev. */
-		runq_record(bpf_get_current_cgroup_id(), run_delay - state->run_delay,
-			    pcount - state->pcount);
+	__u64 exec_ns = prev->se.sum_exec_runtime;
+	/* At sched_switch, current is still prev. */
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+
+	/* Fresh storage (pcount 0) has no baseline: the first slice since load is skipped. */
+	if (st->pcount != 0 && pcount > st->pcount) {
+		__u64 waited = run_delay - st->run_delay;
+		if (runq_enabled)
+			runq_record(cgroup_id, waited, pcount - st->pcount);
+		if (offcpu_enabled && st->state < OFFCPU_STATE_MAX) {
+			__u64 wall = now - st->switch_out_ns;
+			__u64 busy = (exec_ns - st->exec_ns) + waited;
+			if (wall > busy)
+				offcpu_record(st->cgroup_id, prev->tgid, st->state, wall - busy,
+					      st->kstack_id, st->ustack_id);
+		}
 	}
-	state->run_delay = run_delay;
-	state->pcount = pcount;
+	st->run_delay = run_delay;
+	st->pcount = pcount;
+	if (offcpu_enabled) {
+		st->exec_ns = exec_ns;
+		st->switch_out_ns = now;
+		st->cgroup_id = cgroup_id;
+		st->state = offcpu_state_of(preempt, prev);
+		if (st->state < OFFCPU_STATE_MAX)
+			capture_stacks(ctx, &st->kstack_id, &st->ustack_id);
+	}
 	return 0;
 }
 
@@ -138,28 +286,62 @@ static __always_inline void runq_enqueued(const struct task_struct *task)
 	}
 }
 
+/* The end of a block: the wakeup of a task that switched out blocked. */
+static __always_inline void offcpu_woken(const struct task_struct *task)
+{
+	__u32 tid = BPF_CORE_READ(task, pid);
+	struct offcpu_start *start = bpf_map_lookup_elem(&offcpu_start, &tid);
+	if (!start)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	struct offcpu_start copy = *start;
+	bpf_map_delete_elem(&offcpu_start, &tid);
+	if (now > copy.switch_out_ns)
+		offcpu_record(task_cgroup_id(task), BPF_CORE_READ(task, tgid), copy.state,
+			      now - copy.switch_out_ns, copy.kstack_id, copy.ustack_id);
+}
+
 SEC("raw_tp/sched_wakeup")
 int BPF_PROG(sched_wakeup_raw, struct task_struct *task)
 {
-	runq_enqueued(task);
+	if (runq_enabled)
+		runq_enqueued(task);
+	if (offcpu_enabled)
+		offcpu_woken(task);
 	return 0;
 }
 
 SEC("raw_tp/sched_wakeup_new")
 int BPF_PROG(sched_wakeup_new_raw, struct task_struct *task)
 {
-	runq_enqueued(task);
+	if (runq_enabled)
+		runq_enqueued(task);
 	return 0;
 }
 
 SEC("raw_tp/sched_switch")
 int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	/* Still runnable when switched out: preempted, or its sleep was cancelled (state reset to
-	 * TASK_RUNNING before the tracepoint). Test the state bits, never equality with a sleep. */
-	if (preempt || task_state(prev) == KPULSE_TASK_RUNNING)
+	__u32 prev_state = offcpu_state_of(preempt, prev);
+	/* Still runnable when switched out: it waits again from now. */
+	if (runq_enabled && prev_state == OFFCPU_NOT_BLOCKED)
 		runq_enqueued(prev);
+	if (offcpu_enabled && prev_state < OFFCPU_STATE_MAX) {
+		__u32 tid = BPF_CORE_READ(prev, pid);
+		struct offcpu_start start = {
+			.switch_out_ns = bpf_ktime_get_ns(),
+			.state = prev_state,
+		};
+		capture_stacks(ctx, &start.kstack_id, &start.ustack_id);
+		if (tid != 0 && bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY) != 0) {
+			struct sched_totals *t = totals();
+			if (t)
+				t->offcpu_start_drops++;
+		}
+	}
 
+	if (!runq_enabled)
+		return 0;
 	__u32 tid = BPF_CORE_READ(next, pid);
 	__u64 *since = bpf_map_lookup_elem(&runq_start, &tid);
 	if (!since)
@@ -176,5 +358,6 @@ int BPF_PROG(sched_process_exit_raw, struct task_struct *task)
 {
 	__u32 tid = BPF_CORE_READ(task, pid);
 	bpf_map_delete_elem(&runq_start, &tid);
+	bpf_map_delete_elem(&offcpu_start, &tid);
 	return 0;
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * Structs shared by sched.bpf.c and the C++ reader (daemon/bpf/sched_probe.*): the scheduler
- * probes (run-queue latency today; off-CPU time shares the same sched_switch program next).
+ * probes, run-queue latency and off-CPU (blocked) time, which share one sched_switch program.
  */
 #ifndef KPULSE_BPF_SCHED_H
 #define KPULSE_BPF_SCHED_H
@@ -32,19 +32,69 @@ struct runq_key {
 	__u32 pad;
 };
 
+/* Why a task was off-CPU, from the state bits at its switch-out (bit tests, not equality). */
+enum offcpu_state {
+	OFFCPU_SLEEP = 0, /* TASK_INTERRUPTIBLE (S): sleeps, futexes, sockets, pipes, epoll */
+	OFFCPU_DISK = 1,  /* TASK_UNINTERRUPTIBLE without NOLOAD (D): disk I/O, some locks, vfork */
+	OFFCPU_IDLE = 2,  /* TASK_IDLE (D | NOLOAD): kernel threads waiting for work */
+	OFFCPU_OTHER = 3, /* stopped, traced, parked, ... */
+	OFFCPU_STATE_MAX = 4,
+	OFFCPU_EXITING = 0xfe,     /* TASK_DEAD: the task's last switch-out */
+	OFFCPU_NOT_BLOCKED = 0xff, /* preempted or still runnable: no off-CPU interval */
+};
+
+struct offcpu_key {
+	__u64 cgroup_id; /* cgroup v2 id of the task that blocked */
+	__u32 state;     /* enum offcpu_state */
+	__u32 pad;
+};
+
+/* Blocked time aggregated by where the task blocked (opt-in). */
+struct offcpu_stack_key {
+	__u64 cgroup_id;
+	__u32 tgid;      /* process, for user-frame symbols and the root frame */
+	__u32 state;     /* enum offcpu_state */
+	__s32 kstack_id; /* in offcpu_stack_traces, negative when not captured */
+	__s32 ustack_id;
+};
+
+struct offcpu_stack_value {
+	__u64 blocked_ns;
+	__u64 count;
+};
+
 /*
  * Per-task state of the primary (sched_info) path, in task-local storage: the task's own
  * accounting as of its last switch-out.
  */
 struct sched_task_state {
-	__u64 run_delay; /* task->sched_info.run_delay: total ns spent runnable, waiting */
-	__u64 pcount;    /* task->sched_info.pcount: times it was switched in */
+	__u64 run_delay;     /* task->sched_info.run_delay: total ns spent runnable, waiting */
+	__u64 pcount;        /* task->sched_info.pcount: times it was switched in */
+	__u64 exec_ns;       /* task->se.sum_exec_runtime: total ns on a CPU */
+	__u64 switch_out_ns; /* bpf_ktime_get_ns() at that switch-out */
+	__u64 cgroup_id;     /* its cgroup then: a block is charged where it began */
+	__u32 state;         /* enum offcpu_state at that switch-out */
+	__s32 kstack_id;     /* its stacks, when stacks are on, else negative */
+	__s32 ustack_id;
+	__u32 pad;
+};
+
+/* Fallback (wakeup) path: a blocked task's switch-out, until its wakeup. */
+struct offcpu_start {
+	__u64 switch_out_ns;
+	__u32 state;
+	__s32 kstack_id;
+	__s32 ustack_id;
+	__u32 pad;
 };
 
 /* Node-wide, one per CPU (PERCPU_ARRAY, key 0): never lost. */
 struct sched_totals {
 	struct sched_hist runq_overflow; /* waits not in runq_hists (the map was full) */
 	__u64 runq_start_drops;          /* fallback: enqueue timestamps the start map could not hold */
+	struct sched_hist offcpu_overflow[OFFCPU_STATE_MAX]; /* blocks not in offcpu_hists */
+	__u64 offcpu_start_drops; /* fallback: switch-outs the start map could not hold */
+	__u64 stack_drops;        /* stack aggregates not recorded (a map full, or no stack id) */
 };
 
 #endif /* KPULSE_BPF_SCHED_H */

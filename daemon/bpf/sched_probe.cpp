@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <fstream>
 
 #include "bpf/map_reader.h"
@@ -36,12 +37,6 @@ bool SchedInfoCounting() {
   std::ifstream file("/proc/thread-self/schedstat");
   unsigned long long exec_ns = 0, run_delay = 0, pcount = 0;
   return static_cast<bool>(file >> exec_ns >> run_delay >> pcount) && pcount > 0;
-}
-
-void AddHist(sched_hist& sum, const sched_hist& one) {
-  for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) sum.slots[slot] += one.slots[slot];
-  sum.sum_ns += one.sum_ns;
-  sum.count += one.count;
 }
 
 }  // namespace
@@ -84,7 +79,9 @@ void SchedProbe::SkeletonDeleter::operator()(sched_bpf* skeleton) const {
 }
 
 tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
-    const RunqueueConfig& config, SchedVariant variant) {
+    const SchedProbeOptions& options, SchedVariant variant) {
+  const RunqueueConfig& runq = options.runqueue;
+  const OffcpuConfig& offcpu = options.offcpu;
   Skeleton skeleton(sched_bpf__open());
   if (!skeleton) return tl::unexpected("opening the sched BPF object failed: " + Errno(errno));
 
@@ -98,14 +95,29 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   // Task storage may not exist on the kernels the wakeup variant is for.
   bpf_map__set_autocreate(skeleton->maps.sched_task_states, info);
 
-  skeleton->rodata->per_cpu = config.per_cpu;
-  if (int err = bpf_map__set_max_entries(skeleton->maps.runq_hists, config.max_cgroups);
-      err != 0) {
-    return tl::unexpected("sizing runq_hists failed: " + Errno(err));
-  }
-  if (int err = bpf_map__set_max_entries(skeleton->maps.runq_start, info ? 1 : config.max_tasks);
-      err != 0) {
-    return tl::unexpected("sizing runq_start failed: " + Errno(err));
+  auto& rodata = *skeleton->rodata;
+  rodata.runq_enabled = runq.enabled;
+  rodata.offcpu_enabled = offcpu.enabled;
+  rodata.per_cpu = runq.per_cpu;
+  rodata.offcpu_min_block_ns = uint64_t{offcpu.min_block_us} * 1000;
+  rodata.stacks_enabled = offcpu.enabled && offcpu.stacks.enabled;
+  rodata.stack_min_block_ns = uint64_t{offcpu.stacks.min_block_us} * 1000;
+
+  // Maps a configuration does not use still need a size: 1 entry.
+  const bool stacks = rodata.stacks_enabled;
+  const std::pair<bpf_map*, uint32_t> sizes[] = {
+      {skeleton->maps.runq_hists, runq.enabled ? runq.max_cgroups : 1},
+      {skeleton->maps.runq_start, runq.enabled && !info ? runq.max_tasks : 1},
+      {skeleton->maps.offcpu_hists, offcpu.enabled ? offcpu.max_cgroups : 1},
+      {skeleton->maps.offcpu_start, offcpu.enabled && !info ? offcpu.max_tasks : 1},
+      {skeleton->maps.offcpu_stack_traces, stacks ? offcpu.stacks.max_stacks : 1},
+      {skeleton->maps.offcpu_stacks, stacks ? offcpu.stacks.max_entries : 1},
+  };
+  for (const auto& [map, entries] : sizes) {
+    if (int err = bpf_map__set_max_entries(map, entries); err != 0) {
+      return tl::unexpected("sizing " + std::string(bpf_map__name(map)) +
+                            " failed: " + Errno(err));
+    }
   }
   if (int err = sched_bpf__load(skeleton.get()); err != 0) {
     return tl::unexpected("loading the sched BPF programs (" + std::string(ToString(variant)) +
@@ -118,17 +130,23 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   return skeleton;
 }
 
-std::unique_ptr<SchedProbe> SchedProbe::Start(const RunqueueConfig& config) {
-  auto variant = ChooseSchedVariant(config.hook, ProbeSchedKernelFeatures());
-  if (!variant) throw std::runtime_error("runqueue_latency: " + variant.error());
-  auto skeleton = LoadAndAttach(config, *variant);
-  if (!skeleton && config.hook == SchedHook::kAuto && *variant == SchedVariant::kSchedInfo) {
-    spdlog::warn("runqueue_latency: {}; falling back to the wakeup hooks", skeleton.error());
-    variant = SchedVariant::kWakeup;
-    skeleton = LoadAndAttach(config, *variant);
+std::unique_ptr<SchedProbe> SchedProbe::Start(const SchedProbeOptions& options) {
+  if (!options.runqueue.enabled && !options.offcpu.enabled) {
+    throw std::logic_error("SchedProbe::Start with both scheduler probes disabled");
   }
-  if (!skeleton) throw std::runtime_error("runqueue_latency: " + skeleton.error());
-  spdlog::info("runqueue_latency: attached via {}", ToString(*variant));
+  auto variant = ChooseSchedVariant(options.hook, ProbeSchedKernelFeatures());
+  if (!variant) throw std::runtime_error("scheduler probes: " + variant.error());
+  auto skeleton = LoadAndAttach(options, *variant);
+  if (!skeleton && options.hook == SchedHook::kAuto && *variant == SchedVariant::kSchedInfo) {
+    spdlog::warn("scheduler probes: {}; falling back to the wakeup hooks", skeleton.error());
+    variant = SchedVariant::kWakeup;
+    skeleton = LoadAndAttach(options, *variant);
+  }
+  if (!skeleton) throw std::runtime_error("scheduler probes: " + skeleton.error());
+  spdlog::info("scheduler probes ({}{}{}) attached via {}",
+               options.runqueue.enabled ? "runqueue_latency" : "",
+               options.runqueue.enabled && options.offcpu.enabled ? ", " : "",
+               options.offcpu.enabled ? "offcpu" : "", ToString(*variant));
   return std::unique_ptr<SchedProbe>(new SchedProbe(std::move(*skeleton), *variant));
 }
 
@@ -160,14 +178,85 @@ tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() co
   return snapshot;
 }
 
-tl::expected<std::vector<uint32_t>, std::string> SchedProbe::StartMapTids() const {
-  std::vector<uint32_t> tids;
-  if (variant_ != SchedVariant::kWakeup) return tids;
-  auto entries = ReadHashMap<__u32, __u64>(bpf_map__fd(skeleton_->maps.runq_start), "runq_start",
-                                           bpf_map__max_entries(skeleton_->maps.runq_start));
+namespace {
+
+template <typename Value>
+tl::expected<std::vector<uint32_t>, std::string> MapTids(const bpf_map* map) {
+  auto entries = ReadHashMap<__u32, Value>(bpf_map__fd(map), bpf_map__name(map),
+                                           bpf_map__max_entries(map));
   if (!entries) return tl::unexpected(entries.error());
-  for (const auto& [tid, since] : *entries) tids.push_back(tid);
+  std::vector<uint32_t> tids;
+  for (const auto& entry : *entries) tids.push_back(entry.first);
   return tids;
+}
+
+}  // namespace
+
+tl::expected<std::vector<uint32_t>, std::string> SchedProbe::StartMapTids() const {
+  if (variant_ != SchedVariant::kWakeup) return std::vector<uint32_t>{};
+  return MapTids<__u64>(skeleton_->maps.runq_start);
+}
+
+tl::expected<std::vector<uint32_t>, std::string> SchedProbe::OffcpuStartMapTids() const {
+  if (variant_ != SchedVariant::kWakeup) return std::vector<uint32_t>{};
+  return MapTids<offcpu_start>(skeleton_->maps.offcpu_start);
+}
+
+tl::expected<OffcpuSnapshot, std::string> SchedProbe::OffcpuSnapshotNow() const {
+  OffcpuSnapshot snapshot;
+  const auto& maps = skeleton_->maps;
+  auto totals = ReadPerCpuValue<sched_totals>(
+      bpf_map__fd(maps.sched_totals), "sched_totals", 0,
+      [](sched_totals& sum, const sched_totals& cpu) {
+        for (int state = 0; state < OFFCPU_STATE_MAX; ++state) {
+          AddHist(sum.offcpu_overflow[state], cpu.offcpu_overflow[state]);
+        }
+        sum.offcpu_start_drops += cpu.offcpu_start_drops;
+        sum.stack_drops += cpu.stack_drops;
+      });
+  if (!totals) return tl::unexpected(totals.error());
+  std::copy(std::begin(totals->offcpu_overflow), std::end(totals->offcpu_overflow),
+            snapshot.overflow.begin());
+  snapshot.start_drops = totals->offcpu_start_drops;
+  snapshot.stack_drops = totals->stack_drops;
+  snapshot.capacity = bpf_map__max_entries(maps.offcpu_hists);
+  auto hists = ReadHashMap<offcpu_key, sched_hist>(bpf_map__fd(maps.offcpu_hists),
+                                                   "offcpu_hists", snapshot.capacity);
+  if (!hists) return tl::unexpected(hists.error());
+  snapshot.hists = std::move(*hists);
+  return snapshot;
+}
+
+tl::expected<std::vector<OffcpuStack>, std::string> SchedProbe::OffcpuStacksNow() const {
+  std::vector<OffcpuStack> stacks;
+  if (!skeleton_->rodata->stacks_enabled) return stacks;
+  const auto& maps = skeleton_->maps;
+  auto entries = ReadHashMap<offcpu_stack_key, offcpu_stack_value>(
+      bpf_map__fd(maps.offcpu_stacks), "offcpu_stacks", bpf_map__max_entries(maps.offcpu_stacks));
+  if (!entries) return tl::unexpected(entries.error());
+  const int traces_fd = bpf_map__fd(maps.offcpu_stack_traces);
+  std::vector<uint64_t> frames(bpf_map__value_size(maps.offcpu_stack_traces) / sizeof(uint64_t));
+  auto read_frames = [&](int32_t id) {
+    std::vector<uint64_t> out;
+    if (id < 0) return out;
+    const uint32_t key = static_cast<uint32_t>(id);
+    std::fill(frames.begin(), frames.end(), 0);
+    if (bpf_map_lookup_elem(traces_fd, &key, frames.data()) != 0) return out;
+    for (uint64_t ip : frames) {
+      if (ip == 0) break;
+      out.push_back(ip);
+    }
+    return out;
+  };
+  for (const auto& [key, value] : *entries) {
+    OffcpuStack stack;
+    stack.key = key;
+    stack.value = value;
+    stack.kernel_frames = read_frames(key.kstack_id);
+    stack.user_frames = read_frames(key.ustack_id);
+    stacks.push_back(std::move(stack));
+  }
+  return stacks;
 }
 
 }  // namespace kpulse

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -20,8 +21,19 @@ namespace kpulse {
 // Layout checks against the BPF target's (see bpf/sched/sched.h).
 static_assert(sizeof(sched_hist) == 8 * (SCHED_HIST_SLOTS + 2));
 static_assert(sizeof(runq_key) == 16);
-static_assert(sizeof(sched_task_state) == 16);
-static_assert(sizeof(sched_totals) == sizeof(sched_hist) + 8);
+static_assert(sizeof(offcpu_key) == 16);
+static_assert(sizeof(offcpu_stack_key) == 24);
+static_assert(sizeof(offcpu_stack_value) == 16);
+static_assert(sizeof(sched_task_state) == 56);
+static_assert(sizeof(offcpu_start) == 24);
+static_assert(sizeof(sched_totals) == sizeof(sched_hist) * (1 + OFFCPU_STATE_MAX) + 3 * 8);
+
+/// Adds histogram `one` into `sum` (slots, sum and count).
+inline void AddHist(sched_hist& sum, const sched_hist& one) {
+  for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) sum.slots[slot] += one.slots[slot];
+  sum.sum_ns += one.sum_ns;
+  sum.count += one.count;
+}
 
 /// Run-queue histograms at one instant, CPUs already summed.
 struct RunqueueSnapshot {
@@ -39,6 +51,32 @@ class RunqueueSource {
   virtual tl::expected<RunqueueSnapshot, std::string> RunqueueSnapshotNow() const = 0;
 };
 
+/// Off-CPU histograms at one instant, CPUs already summed.
+struct OffcpuSnapshot {
+  std::vector<std::pair<offcpu_key, sched_hist>> hists;   // per (cgroup, state)
+  std::array<sched_hist, OFFCPU_STATE_MAX> overflow{};    // blocks the full map could not hold
+  uint64_t start_drops = 0;  // wakeup hook: switch-outs the start map could not hold
+  uint64_t stack_drops = 0;  // blocks without a stack entry (stack maps full)
+  uint32_t capacity = 0;     // offcpu_hists max_entries
+};
+
+/// One aggregated off-CPU stack with its frames (innermost first, as the kernel records them).
+struct OffcpuStack {
+  offcpu_stack_key key{};
+  offcpu_stack_value value{};
+  std::vector<uint64_t> kernel_frames;
+  std::vector<uint64_t> user_frames;
+};
+
+/// Where the off-CPU collector and /debug/offcpu get their data.
+class OffcpuSource {
+ public:
+  virtual ~OffcpuSource() = default;
+  virtual tl::expected<OffcpuSnapshot, std::string> OffcpuSnapshotNow() const = 0;
+  /// The stack aggregates with their frames (empty when stacks are off). Thread-safe.
+  virtual tl::expected<std::vector<OffcpuStack>, std::string> OffcpuStacksNow() const = 0;
+};
+
 /// The two ways the run-queue probe can measure (see bpf/sched/sched.bpf.c).
 enum class SchedVariant { kSchedInfo, kWakeup };
 std::string_view ToString(SchedVariant variant);
@@ -53,22 +91,33 @@ SchedKernelFeatures ProbeSchedKernelFeatures();
 tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
                                                            const SchedKernelFeatures& kernel);
 
-/// Owns the loaded and attached scheduler BPF object (skeleton, maps, links); destroying it
-/// detaches everything. Not copyable or movable. Snapshot reads are thread-safe.
-class SchedProbe final : public RunqueueSource {
+/// What the scheduler object should do: either probe may be disabled (not both).
+struct SchedProbeOptions {
+  RunqueueConfig runqueue;
+  OffcpuConfig offcpu;
+  SchedHook hook = SchedHook::kAuto;
+};
+
+/// Owns the loaded and attached scheduler BPF object (skeleton, maps, links) serving the
+/// run-queue and off-CPU probes; destroying it detaches everything. Not copyable or movable.
+/// Snapshot reads are thread-safe.
+class SchedProbe final : public RunqueueSource, public OffcpuSource {
  public:
   /// Opens, configures, loads, attaches. With hook auto a sched_info failure falls back to the
   /// wakeup hooks. Throws std::runtime_error with a one-line reason when nothing attaches.
-  static std::unique_ptr<SchedProbe> Start(const RunqueueConfig& config);
+  static std::unique_ptr<SchedProbe> Start(const SchedProbeOptions& options);
   ~SchedProbe() override;
   SchedProbe(const SchedProbe&) = delete;
   SchedProbe& operator=(const SchedProbe&) = delete;
 
   tl::expected<RunqueueSnapshot, std::string> RunqueueSnapshotNow() const override;
+  tl::expected<OffcpuSnapshot, std::string> OffcpuSnapshotNow() const override;
+  tl::expected<std::vector<OffcpuStack>, std::string> OffcpuStacksNow() const override;
   SchedVariant variant() const { return variant_; }
   std::string_view hook() const { return ToString(variant_); }
-  /// Thread ids in the wakeup hook's start map (empty with sched_info): for leak checks.
+  /// Thread ids in the wakeup hook's start maps (empty with sched_info): for leak checks.
   tl::expected<std::vector<uint32_t>, std::string> StartMapTids() const;
+  tl::expected<std::vector<uint32_t>, std::string> OffcpuStartMapTids() const;
   const bpf_object* object() const;
 
  private:
@@ -78,7 +127,7 @@ class SchedProbe final : public RunqueueSource {
   using Skeleton = std::unique_ptr<sched_bpf, SkeletonDeleter>;
 
   SchedProbe(Skeleton skeleton, SchedVariant variant);
-  static tl::expected<Skeleton, std::string> LoadAndAttach(const RunqueueConfig& config,
+  static tl::expected<Skeleton, std::string> LoadAndAttach(const SchedProbeOptions& options,
                                                            SchedVariant variant);
 
   Skeleton skeleton_;

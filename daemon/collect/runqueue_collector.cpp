@@ -16,12 +16,6 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-void Accumulate(sched_hist& sum, const sched_hist& one) {
-  for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) sum.slots[slot] += one.slots[slot];
-  sum.sum_ns += one.sum_ns;
-  sum.count += one.count;
-}
-
 void AddHistogram(MetricFamily& family, std::vector<ClientMetric::Label> labels,
                   const sched_hist& hist) {
   ClientMetric metric;
@@ -76,11 +70,11 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
   for (const auto& [key, hist] : snapshot->hists) {
     std::optional<std::string> path = cgroup_path_ ? cgroup_path_(key.cgroup_id) : std::nullopt;
     std::string label = path ? SanitizeLabelValue(*path) : kDeletedCgroupLabel;
-    Accumulate(by_label[{std::move(label), key.cpu}], hist);
-    Accumulate(node, hist);
+    AddHist(by_label[{std::move(label), key.cpu}], hist);
+    AddHist(node, hist);
   }
   if (snapshot->overflow.count != 0) {
-    Accumulate(by_label[{kOverflowCgroupLabel, SCHED_ALL_CPUS}], snapshot->overflow);
+    AddHist(by_label[{kOverflowCgroupLabel, SCHED_ALL_CPUS}], snapshot->overflow);
   }
 
   auto per_cgroup = MakeFamily(

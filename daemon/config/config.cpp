@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <functional>
 #include <initializer_list>
+#include <optional>
 #include <sstream>
 #include <system_error>
 #include <utility>
@@ -237,12 +238,54 @@ class Parser {
   }
 
   void ParseProbes(const Value& v, Config& config) const {
+    std::optional<Value> offcpu_hook;  // where probes.offcpu.hook was set, for the check below
     ParseMap(
         v, {
                {"tcp_retransmit", [&](const Value& c) { ParseRetrans(c, config.tcp_retransmit); }},
                {"runqueue_latency",
                 [&](const Value& c) { ParseRunqueue(c, config.runqueue_latency); }},
+               {"offcpu", [&](const Value& c) { ParseOffcpu(c, config.offcpu, offcpu_hook); }},
            });
+    // One sched_switch program serves both scheduler probes, so they run one hook.
+    const RunqueueConfig& runq = config.runqueue_latency;
+    const OffcpuConfig& offcpu = config.offcpu;
+    if (offcpu_hook && runq.enabled && offcpu.enabled && runq.hook != SchedHook::kAuto &&
+        offcpu.hook != SchedHook::kAuto && runq.hook != offcpu.hook) {
+      Fail(*offcpu_hook,
+           "must equal probes.runqueue_latency.hook (" + std::string(ToString(runq.hook)) +
+               ") or be auto: both probes share one sched_switch program");
+    }
+  }
+
+  void ParseOffcpu(const Value& v, OffcpuConfig& offcpu, std::optional<Value>& hook_value) const {
+    ParseMap(v, {
+                    {"enabled", [&](const Value& c) { offcpu.enabled = ParseBool(c); }},
+                    {"required", [&](const Value& c) { offcpu.required = ParseBool(c); }},
+                    {"hook",
+                     [&](const Value& c) {
+                       offcpu.hook = ParseEnum(c, kSchedHookNames);
+                       hook_value.emplace(c);
+                     }},
+                    {"min_block_us",
+                     [&](const Value& c) { offcpu.min_block_us = ParseUint(c, 0, 60000000); }},
+                    {"max_cgroups",
+                     [&](const Value& c) { offcpu.max_cgroups = ParseUint(c, 16, 1048576); }},
+                    {"max_tasks",
+                     [&](const Value& c) { offcpu.max_tasks = ParseUint(c, 1024, 4194304); }},
+                    {"stacks", [&](const Value& c) { ParseOffcpuStacks(c, offcpu.stacks); }},
+                });
+  }
+
+  void ParseOffcpuStacks(const Value& v, OffcpuStacksConfig& stacks) const {
+    ParseMap(v, {
+                    {"enabled", [&](const Value& c) { stacks.enabled = ParseBool(c); }},
+                    {"min_block_us",
+                     [&](const Value& c) { stacks.min_block_us = ParseUint(c, 0, 60000000); }},
+                    {"max_stacks",
+                     [&](const Value& c) { stacks.max_stacks = ParseUint(c, 16, 1048576); }},
+                    {"max_entries",
+                     [&](const Value& c) { stacks.max_entries = ParseUint(c, 16, 1048576); }},
+                });
   }
 
   void ParseRunqueue(const Value& v, RunqueueConfig& runq) const {
@@ -496,6 +539,14 @@ Config LoadConfigFile(const std::string& path) {
 std::string_view ToString(RetransHook hook) { return NameOf(kRetransHookNames, hook); }
 
 std::string_view ToString(SchedHook hook) { return NameOf(kSchedHookNames, hook); }
+
+SchedHook EffectiveSchedHook(const Config& config) {
+  const RunqueueConfig& runq = config.runqueue_latency;
+  const OffcpuConfig& offcpu = config.offcpu;
+  if (runq.enabled && runq.hook != SchedHook::kAuto) return runq.hook;
+  if (offcpu.enabled && offcpu.hook != SchedHook::kAuto) return offcpu.hook;
+  return SchedHook::kAuto;
+}
 
 std::string_view ToString(FlowLabels labels) { return NameOf(kFlowLabelsNames, labels); }
 

@@ -66,6 +66,28 @@ struct RunqueueConfig {
   bool per_cpu = false;         // Add a `cpu` label: one histogram per cgroup and CPU.
 };
 
+/// Off-CPU stacks (YAML `probes.offcpu.stacks`): blocked time by kernel + user stack, served as
+/// folded stacks at GET /debug/offcpu. Opt-in.
+struct OffcpuStacksConfig {
+  bool enabled = false;
+  uint32_t min_block_us = 1000;  // 0..60000000: shorter blocks get no stack entry.
+  uint32_t max_stacks = 16384;   // 16..1048576: distinct stack traces kept.
+  uint32_t max_entries = 16384;  // 16..1048576: (cgroup, process, state, stacks) aggregates.
+};
+
+/// Settings of the off-CPU (blocked time) probe (YAML `probes.offcpu`). It shares the
+/// sched_switch program with runqueue_latency, so both run the same hook: when both are enabled
+/// and both name a hook other than auto, the hooks must be equal.
+struct OffcpuConfig {
+  bool enabled = true;
+  bool required = false;
+  SchedHook hook = SchedHook::kAuto;
+  uint32_t min_block_us = 0;    // 0..60000000: shorter blocks are not counted at all.
+  uint32_t max_cgroups = 4096;  // 16..1048576: (cgroup, state) histograms.
+  uint32_t max_tasks = 65536;   // 1024..4194304: blocked threads tracked at once (wakeup hook).
+  OffcpuStacksConfig stacks;
+};
+
 /// Settings of the metrics HTTP server (YAML `http`).
 struct HttpConfig {
   // Never empty and without duplicates (compared by text as written). Default: "127.0.0.1:10136".
@@ -81,6 +103,7 @@ struct Config {
   HttpConfig http;
   RetransConfig tcp_retransmit;  // YAML `probes.tcp_retransmit`.
   RunqueueConfig runqueue_latency;  // YAML `probes.runqueue_latency`.
+  OffcpuConfig offcpu;              // YAML `probes.offcpu`.
   // Kernel BPF run-time statistics (run_time_ns) while kpulse runs, for the
   // kpulse_bpf_program_* self-metrics. Costs two clock reads per program run. YAML `bpf_stats`.
   bool bpf_stats = false;
@@ -91,6 +114,10 @@ class ConfigError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+/// The hook the shared scheduler program runs for the enabled scheduler probes (auto unless one
+/// of them names a hook; the parser rejects two different named hooks).
+SchedHook EffectiveSchedHook(const Config& config);
 
 /// The configuration used when a file sets nothing. `source` is empty.
 Config DefaultConfig();

@@ -18,7 +18,9 @@
 #include "cgroup/cgroup_resolver.h"
 #include "collect/bpf_program_collector.h"
 #include "collect/retrans_collector.h"
+#include "collect/offcpu_collector.h"
 #include "collect/runqueue_collector.h"
+#include "debug/offcpu_stacks.h"
 #include "collect/self_collector.h"
 #include "http/http_server.h"
 #include "http/metrics_handler.h"
@@ -99,6 +101,25 @@ std::unique_ptr<Probe> StartProbe(const char* name, const ProbeConfig& config,
   return probe;
 }
 
+// The run-queue and off-CPU probes share one BPF object (one sched_switch program).
+std::unique_ptr<SchedProbe> StartSchedProbe(const Config& config,
+                                            std::vector<ProbeStatus>& statuses) {
+  const RunqueueConfig& runq = config.runqueue_latency;
+  const OffcpuConfig& offcpu = config.offcpu;
+  if (!runq.enabled && !offcpu.enabled) return nullptr;
+  std::unique_ptr<SchedProbe> probe;
+  try {
+    probe = SchedProbe::Start({runq, offcpu, EffectiveSchedHook(config)});
+  } catch (const std::exception& e) {
+    if ((runq.enabled && runq.required) || (offcpu.enabled && offcpu.required)) throw;
+    spdlog::error("{}; continuing without runqueue_latency and offcpu (not required)", e.what());
+  }
+  const std::string hook = probe ? std::string(probe->hook()) : "";
+  if (runq.enabled) statuses.push_back({"runqueue_latency", probe != nullptr, hook});
+  if (offcpu.enabled) statuses.push_back({"offcpu", probe != nullptr, hook});
+  return probe;
+}
+
 CgroupPathLookup MakeCgroupLookup() {
   auto root = FindCgroup2Mount();
   if (!root) {
@@ -130,10 +151,18 @@ int RunDaemon(const Config& config) {
     metrics.Add(std::make_shared<RetransCollector>(*retrans, cgroup_path, config.tcp_retransmit));
     objects.push_back(retrans->object());
   }
-  auto sched = StartProbe<SchedProbe>("runqueue_latency", config.runqueue_latency, statuses);
+  auto sched = StartSchedProbe(config, statuses);
+  std::unique_ptr<OffcpuStacksEndpoint> offcpu_stacks;
   if (sched) {
-    metrics.Add(
-        std::make_shared<RunqueueCollector>(*sched, cgroup_path, config.runqueue_latency));
+    if (config.runqueue_latency.enabled) {
+      metrics.Add(
+          std::make_shared<RunqueueCollector>(*sched, cgroup_path, config.runqueue_latency));
+    }
+    if (config.offcpu.enabled) {
+      metrics.Add(std::make_shared<OffcpuCollector>(*sched, cgroup_path));
+      offcpu_stacks = std::make_unique<OffcpuStacksEndpoint>(
+          *sched, config.offcpu.stacks.enabled, cgroup_path);
+    }
     objects.push_back(sched->object());
   }
   metrics.Add(std::make_shared<BpfProgramCollector>(std::move(objects)));
@@ -145,6 +174,11 @@ int RunDaemon(const Config& config) {
   options.max_connections = config.http.max_connections;
   HttpServer server(std::move(options));
   server.Route("/metrics", [&metrics](const HttpRequest& request) { return metrics.Render(request); });
+  if (offcpu_stacks) {
+    server.Route("/debug/offcpu", [&offcpu_stacks](const HttpRequest& request) {
+      return offcpu_stacks->Render(request);
+    });
+  }
   server.Route("/healthz", [](const HttpRequest&) { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
   server.Route("/", [](const HttpRequest&) {
     return HttpResponse{200, "text/html; charset=utf-8",

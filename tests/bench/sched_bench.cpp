@@ -1,6 +1,6 @@
 // Scheduler probe overhead: a two-process pipe ping-pong pinned to one CPU (about a million
-// context switches per second) run alternately with no probe (baseline) and with each run-queue
-// hook, reporting throughput ratios against the baseline of the same invocation, and the BPF
+// context switches per second) run alternately with no probe (baseline) and with each scheduler
+// probe configuration, reporting throughput ratios against the baseline of the same invocation, and the BPF
 // cost per program run and per context switch (kernel BPF stats, enabled only for those rounds).
 //
 // usage: kpulse_sched_bench [rounds=5] [seconds_per_round=1]   (root)
@@ -107,16 +107,29 @@ int main(int argc, char** argv) {
   libbpf_set_print([](libbpf_print_level, const char*, va_list) { return 0; });
   spdlog::set_level(spdlog::level::warn);
 
-  const std::vector<std::pair<std::string, kpulse::SchedHook>> variants = {
-      {"sched_info", kpulse::SchedHook::kSchedInfo}, {"wakeup", kpulse::SchedHook::kWakeup}};
+  // What runs on sched_switch: the run-queue probe alone, with the off-CPU probe (the default),
+  // and with off-CPU stacks, for each hook.
+  auto options = [](kpulse::SchedHook hook, bool offcpu, bool stacks) {
+    kpulse::SchedProbeOptions o;
+    o.hook = hook;
+    o.offcpu.enabled = offcpu;
+    o.offcpu.stacks.enabled = stacks;
+    return o;
+  };
+  using kpulse::SchedHook;
+  const std::vector<std::pair<std::string, kpulse::SchedProbeOptions>> variants = {
+      {"sched_info runq", options(SchedHook::kSchedInfo, false, false)},
+      {"sched_info runq+offcpu", options(SchedHook::kSchedInfo, true, false)},
+      {"sched_info +stacks", options(SchedHook::kSchedInfo, true, true)},
+      {"wakeup runq", options(SchedHook::kWakeup, false, false)},
+      {"wakeup runq+offcpu", options(SchedHook::kWakeup, true, false)},
+  };
   std::map<std::string, std::vector<double>> rates;
   PingPong(cpu, 0.3);  // warm-up
   for (int round = 0; round < rounds; ++round) {
     rates["baseline"].push_back(PingPong(cpu, seconds));
-    for (const auto& [name, hook] : variants) {
-      kpulse::RunqueueConfig config;
-      config.hook = hook;
-      auto probe = kpulse::SchedProbe::Start(config);
+    for (const auto& [name, variant] : variants) {
+      auto probe = kpulse::SchedProbe::Start(variant);
       rates[name].push_back(PingPong(cpu, seconds));
     }
   }
@@ -124,15 +137,13 @@ int main(int argc, char** argv) {
 
   std::printf("ping-pong on CPU %d, %d alternating rounds of %.1f s, medians\n", cpu, rounds,
               seconds);
-  std::printf("%-12s %14s %8s %14s %16s\n", "hook", "round trips/s", "ratio", "ns/program run",
-              "ns/ctx switch");
-  std::printf("%-12s %14.0f %8.3f %14s %16s\n", "baseline", baseline, 1.0, "-", "-");
-  for (const auto& [name, hook] : variants) {
+  std::printf("%-24s %14s %8s %14s %16s\n", "variant", "round trips/s", "ratio",
+              "ns/program run", "ns/ctx switch");
+  std::printf("%-24s %14.0f %8.3f %14s %16s\n", "baseline", baseline, 1.0, "-", "-");
+  for (const auto& [name, variant] : variants) {
     // Cost per run from kernel BPF stats, in a separate round (stats add their own clock reads).
     const int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
-    kpulse::RunqueueConfig config;
-    config.hook = hook;
-    auto probe = kpulse::SchedProbe::Start(config);
+    auto probe = kpulse::SchedProbe::Start(variant);
     PingPong(cpu, seconds);
     const auto costs = ProgramCosts(probe->object());
     close(stats_fd);
@@ -142,7 +153,7 @@ int main(int argc, char** argv) {
       ns += cost.ns;
       if (program.find("sched_switch") != std::string::npos) switches = cost.runs;
     }
-    std::printf("%-12s %14.0f %8.3f %14.1f %16.1f\n", name.c_str(), Median(rates[name]),
+    std::printf("%-24s %14.0f %8.3f %14.1f %16.1f\n", name.c_str(), Median(rates[name]),
                 Median(rates[name]) / baseline, runs ? double(ns) / double(runs) : 0.0,
                 switches ? double(ns) / double(switches) : 0.0);
     for (const auto& [program, cost] : costs) {

@@ -22,6 +22,7 @@
 #include "bpf/sched_probe.h"
 #include "collect/bpf_program_collector.h"
 #include "collect/runqueue_collector.h"
+#include "sched_test_env.h"
 #include "test_env.h"
 
 namespace kpulse {
@@ -31,125 +32,15 @@ void PrintTo(SchedHook hook, std::ostream* os) { *os << ToString(hook); }
 namespace {
 
 using namespace std::chrono_literals;
+using test::CgroupChild;
+using test::CgroupHist;
+using test::Delta;
+using test::PinToCpu;
+using test::ProcessSchedStat;
+using test::SchedStat;
+using test::SpinFor;
 using test::TestCgroup;
-
-struct SchedStat {
-  uint64_t exec_ns = 0, run_delay_ns = 0, pcount = 0;
-};
-
-// Per-thread schedstat of every thread of `pid`, summed.
-SchedStat ProcessSchedStat(pid_t pid) {
-  SchedStat sum;
-  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  DIR* tasks = opendir(dir.c_str());
-  if (!tasks) return sum;
-  while (dirent* entry = readdir(tasks)) {
-    if (entry->d_name[0] == '.') continue;
-    std::ifstream file(dir + "/" + entry->d_name + "/schedstat");
-    SchedStat one;
-    if (file >> one.exec_ns >> one.run_delay_ns >> one.pcount) {
-      sum.exec_ns += one.exec_ns;
-      sum.run_delay_ns += one.run_delay_ns;
-      sum.pcount += one.pcount;
-    }
-  }
-  closedir(tasks);
-  return sum;
-}
-
-// True once every thread of `pid` is sleeping (state S or D), i.e. has switched out and had
-// its last wait accounted on both sides.
-bool AllThreadsAsleep(pid_t pid, size_t expected_threads) {
-  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  DIR* tasks = opendir(dir.c_str());
-  if (!tasks) return false;
-  size_t asleep = 0, total = 0;
-  while (dirent* entry = readdir(tasks)) {
-    if (entry->d_name[0] == '.') continue;
-    ++total;
-    std::ifstream file(dir + "/" + entry->d_name + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-    const auto paren = stat.rfind(')');
-    if (paren != std::string::npos && paren + 2 < stat.size() &&
-        (stat[paren + 2] == 'S' || stat[paren + 2] == 'D')) {
-      ++asleep;
-    }
-  }
-  closedir(tasks);
-  return total == expected_threads && asleep == total;
-}
-
-bool WaitAllAsleep(pid_t pid, size_t threads, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (AllThreadsAsleep(pid, threads)) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return false;
-}
-
-sched_hist CgroupHist(const RunqueueSnapshot& snapshot, uint64_t cgroup_id) {
-  sched_hist sum{};
-  for (const auto& [key, hist] : snapshot.hists) {
-    if (key.cgroup_id != cgroup_id) continue;
-    for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) sum.slots[slot] += hist.slots[slot];
-    sum.sum_ns += hist.sum_ns;
-    sum.count += hist.count;
-  }
-  return sum;
-}
-
-sched_hist Delta(const sched_hist& after, const sched_hist& before) {
-  sched_hist delta{};
-  for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) {
-    delta.slots[slot] = after.slots[slot] - before.slots[slot];
-  }
-  delta.sum_ns = after.sum_ns - before.sum_ns;
-  delta.count = after.count - before.count;
-  return delta;
-}
-
-void PinToCpu(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof(set), &set);
-}
-
-void SpinFor(std::chrono::microseconds duration) {
-  const auto end = std::chrono::steady_clock::now() + duration;
-  while (std::chrono::steady_clock::now() < end) {
-  }
-}
-
-// A process created with fork() that joins `cgroup`, runs `body`, and exits with its value.
-class CgroupChild {
- public:
-  CgroupChild(const TestCgroup& cgroup, std::function<int()> body) {
-    const std::string procs = cgroup.dir() + "/cgroup.procs";
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::ofstream(procs) << 0;
-      _exit(body());
-    }
-  }
-  ~CgroupChild() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  int Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
+using test::WaitAllAsleep;
 
 class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
  protected:
@@ -159,8 +50,8 @@ class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
   }
 
   std::unique_ptr<SchedProbe> StartProbe(RunqueueConfig config = {}) {
-    config.hook = GetParam();
-    auto probe = SchedProbe::Start(config);
+    // As deployed by default: the off-CPU probe shares the program.
+    auto probe = SchedProbe::Start({config, OffcpuConfig{}, GetParam()});
     EXPECT_EQ(probe->hook(), ToString(GetParam()));
     return probe;
   }
@@ -300,9 +191,7 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
 TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
   KPULSE_REQUIRE_ROOT();
   TestCgroup cgroup("rqexit");
-  RunqueueConfig config;
-  config.hook = SchedHook::kWakeup;
-  auto probe = SchedProbe::Start(config);
+  auto probe = SchedProbe::Start({RunqueueConfig{}, OffcpuConfig{}, SchedHook::kWakeup});
   int tids[2];
   ASSERT_EQ(pipe(tids), 0);
   CgroupChild churn(cgroup, [&] {

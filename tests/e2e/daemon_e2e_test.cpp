@@ -58,6 +58,7 @@ class TempDir {
 class NotifySocket {
  public:
   explicit NotifySocket(const fs::path& path) : path_(path) {
+    unlink(path.c_str());  // a previous daemon's socket in the same test
     fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -66,7 +67,10 @@ class NotifySocket {
       throw std::runtime_error("bind notify socket: " + std::string(strerror(errno)));
     }
   }
-  ~NotifySocket() { close(fd_); }
+  ~NotifySocket() {
+    close(fd_);
+    unlink(path_.c_str());
+  }
   const fs::path& path() const { return path_; }
 
   /// Waits for a datagram containing `needle`; returns it, or "" on timeout.
@@ -231,6 +235,8 @@ class DaemonE2eTest : public ::testing::Test {
   uint16_t StartDaemon(const std::string& yaml, std::vector<std::string> env = {}) {
     config_ = dir_.path() / "kpulse.yaml";
     std::ofstream(config_) << yaml;
+    daemon_.reset();
+    notify_.reset();
     notify_ = std::make_unique<NotifySocket>(dir_.path() / "notify.sock");
     env.push_back("NOTIFY_SOCKET=" + notify_->path().string());
     daemon_ = std::make_unique<Process>(
@@ -263,7 +269,7 @@ constexpr const char* kBaseConfig =
 TEST_F(DaemonE2eTest, MetricsPagePassesPromtoolAndNamesTheHook) {
   const uint16_t port = StartDaemon(kBaseConfig);
   ASSERT_NE(port, 0);
-  EXPECT_THAT(status_, HasSubstr("2/2 probes attached"));
+  EXPECT_THAT(status_, HasSubstr("3/3 probes attached"));
   const std::string page = HttpGet("127.0.0.1", port, "/metrics");
   EXPECT_THAT(page, HasSubstr("kpulse_tcp_retransmits_total{kind=\"syn\"}"));
   EXPECT_THAT(page, HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"} 1"));
@@ -274,6 +280,9 @@ TEST_F(DaemonE2eTest, MetricsPagePassesPromtoolAndNamesTheHook) {
   EXPECT_THAT(page, HasSubstr("kpulse_node_runqueue_latency_seconds_bucket{le=\"+Inf\"}"));
   EXPECT_THAT(page, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\""));
   EXPECT_THAT(page, HasSubstr("kpulse_bpf_program_runs_total{program=\"sched_switch_info\"}"));
+  EXPECT_THAT(page, HasSubstr("kpulse_probe_info{probe=\"offcpu\",hook=\"sched_info\"} 1"));
+  EXPECT_THAT(page, HasSubstr("kpulse_offcpu_seconds_total{cgroup=\""));
+  EXPECT_THAT(page, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{cgroup=\""));
   std::ofstream(dir_.path() / "page.txt") << page;
   const RunResult promtool =
       RunCommand("promtool check metrics < " + (dir_.path() / "page.txt").string());
@@ -349,6 +358,23 @@ TEST_F(DaemonE2eTest, WatchdogPingsAndCleanStopDetachesEverything) {
   EXPECT_EQ(daemon_->Stop(SIGTERM, 10s), 0);
   EXPECT_FALSE(notify_->WaitFor("STOPPING=1", 1s).empty());
   EXPECT_FALSE(RetransProgramsLoaded()) << "programs left loaded after SIGTERM";
+}
+
+TEST_F(DaemonE2eTest, DebugOffcpuServesFoldedStacksOnlyWhenEnabled) {
+  const uint16_t off = StartDaemon(kBaseConfig);
+  ASSERT_NE(off, 0);
+  EXPECT_THAT(HttpGet("127.0.0.1", off, "/debug/offcpu"), HasSubstr("stacks are off"));
+  EXPECT_EQ(daemon_->Stop(SIGTERM, 10s), 0);
+
+  const uint16_t on = StartDaemon(std::string(kBaseConfig) +
+                                  "probes:\n  offcpu:\n    stacks:\n      enabled: true\n");
+  ASSERT_NE(on, 0);
+  std::this_thread::sleep_for(500ms);  // let some threads of this host block and wake
+  const std::string folded = HttpGet("127.0.0.1", on, "/debug/offcpu?state=sleep");
+  // Folded lines: "process;frame;...;frame <microseconds>"; kernel frames end in the scheduler.
+  EXPECT_THAT(folded, ::testing::ContainsRegex("^[^ \n]+(;[^;\n]+)+ [0-9]+\n"));
+  EXPECT_THAT(folded, HasSubstr("schedule"));
+  EXPECT_THAT(HttpGet("127.0.0.1", on, "/debug/offcpu?state=bogus"), HasSubstr("state must be"));
 }
 
 TEST_F(DaemonE2eTest, TracepointFallbackForcedByConfig) {

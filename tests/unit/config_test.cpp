@@ -64,6 +64,18 @@ void ExpectSameSettings(const Config& actual, const Config& expected) {
   EXPECT_EQ(ar.max_tasks, er.max_tasks);
   EXPECT_EQ(ar.per_cpu, er.per_cpu);
   EXPECT_EQ(actual.bpf_stats, expected.bpf_stats);
+  const OffcpuConfig& ao = actual.offcpu;
+  const OffcpuConfig& eo = expected.offcpu;
+  EXPECT_EQ(ao.enabled, eo.enabled);
+  EXPECT_EQ(ao.required, eo.required);
+  EXPECT_EQ(ao.hook, eo.hook);
+  EXPECT_EQ(ao.min_block_us, eo.min_block_us);
+  EXPECT_EQ(ao.max_cgroups, eo.max_cgroups);
+  EXPECT_EQ(ao.max_tasks, eo.max_tasks);
+  EXPECT_EQ(ao.stacks.enabled, eo.stacks.enabled);
+  EXPECT_EQ(ao.stacks.min_block_us, eo.stacks.min_block_us);
+  EXPECT_EQ(ao.stacks.max_stacks, eo.stacks.max_stacks);
+  EXPECT_EQ(ao.stacks.max_entries, eo.stacks.max_entries);
 }
 
 // A file under the test temp dir, removed when the object goes.
@@ -161,6 +173,56 @@ TEST(ConfigParse, RunqueueLatencyFields) {
   EXPECT_EQ(config.runqueue_latency.max_cgroups, 100u);
   EXPECT_EQ(config.runqueue_latency.max_tasks, 2048u);
   EXPECT_TRUE(config.runqueue_latency.per_cpu);
+}
+
+TEST(ConfigParse, OffcpuFields) {
+  const Config config = ParseConfig(
+      "probes:\n"
+      "  offcpu:\n"
+      "    enabled: true\n"
+      "    required: true\n"
+      "    hook: wakeup\n"
+      "    min_block_us: 50\n"
+      "    max_cgroups: 64\n"
+      "    max_tasks: 4096\n"
+      "    stacks:\n"
+      "      enabled: true\n"
+      "      min_block_us: 0\n"
+      "      max_stacks: 128\n"
+      "      max_entries: 256\n",
+      kSource);
+  const OffcpuConfig& offcpu = config.offcpu;
+  EXPECT_TRUE(offcpu.required);
+  EXPECT_EQ(offcpu.hook, SchedHook::kWakeup);
+  EXPECT_EQ(offcpu.min_block_us, 50u);
+  EXPECT_EQ(offcpu.max_cgroups, 64u);
+  EXPECT_EQ(offcpu.max_tasks, 4096u);
+  EXPECT_TRUE(offcpu.stacks.enabled);
+  EXPECT_EQ(offcpu.stacks.min_block_us, 0u);
+  EXPECT_EQ(offcpu.stacks.max_stacks, 128u);
+  EXPECT_EQ(offcpu.stacks.max_entries, 256u);
+  EXPECT_EQ(EffectiveSchedHook(config), SchedHook::kWakeup) << "runqueue_latency.hook is auto";
+}
+
+TEST(ConfigErrors, SchedulerProbesMustNotNameDifferentHooks) {
+  try {
+    ParseConfig(
+        "probes:\n  runqueue_latency:\n    hook: sched_info\n  offcpu:\n    hook: wakeup\n",
+        kSource);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(),
+                 "test.yaml:5:11: probes.offcpu.hook: must equal probes.runqueue_latency.hook "
+                 "(sched_info) or be auto: both probes share one sched_switch program");
+  }
+}
+
+TEST(ConfigParse, DifferentHooksAreFineWhenOneSchedulerProbeIsOff) {
+  const Config config = ParseConfig(
+      "probes:\n  runqueue_latency:\n    enabled: false\n    hook: sched_info\n"
+      "  offcpu:\n    hook: wakeup\n",
+      kSource);
+  EXPECT_EQ(EffectiveSchedHook(config), SchedHook::kWakeup);
 }
 
 TEST(ConfigErrors, RunqueueHookNamesTheAllowedValues) {
@@ -319,7 +381,7 @@ TEST(ConfigErrors, UnknownHttpKey) {
 
 TEST(ConfigErrors, UnknownProbe) {
   EXPECT_EQ(ErrorOf("probes:\n  runqlat: {}\n"),
-            "test.yaml:2:3: probes.runqlat: unknown key (known: tcp_retransmit, runqueue_latency)");
+            "test.yaml:2:3: probes.runqlat: unknown key (known: tcp_retransmit, runqueue_latency, offcpu)");
 }
 
 TEST(ConfigErrors, UnknownRetransKey) {

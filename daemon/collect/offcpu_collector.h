@@ -1,0 +1,30 @@
+#pragma once
+
+#include <atomic>
+#include <string_view>
+
+#include <prometheus/collectable.h>
+
+#include "bpf/sched_probe.h"
+#include "collect/retrans_collector.h"  // CgroupPathLookup, cgroup label constants
+#include "config/config.h"
+
+namespace kpulse {
+
+/// "sleep" | "disk" | "idle" | "other" | "unknown".
+std::string_view OffcpuStateName(uint32_t state);
+
+/// Off-CPU (blocked) time families at scrape time. Thread-safe, never throws, never resets the
+/// kernel maps. Does not own `source`, which must outlive the collector.
+class OffcpuCollector : public prometheus::Collectable {
+ public:
+  OffcpuCollector(const OffcpuSource& source, CgroupPathLookup cgroup_path);
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const OffcpuSource& source_;
+  CgroupPathLookup cgroup_path_;
+  mutable std::atomic<uint64_t> read_errors_{0};
+};
+
+}  // namespace kpulse
