@@ -238,12 +238,16 @@ int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct t
 		bpf_task_storage_get(&sched_task_states, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
 	__u64 run_delay = prev->sched_info.run_delay;
 	__u64 pcount = prev->sched_info.pcount;
-	__u64 exec_ns = prev->se.sum_exec_runtime;
 	/* At sched_switch, current is still prev. */
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	/* Only off-CPU needs the clock and on-CPU time (the verifier prunes this when it is off). */
+	__u64 now = 0, exec_ns = 0;
+	if (offcpu_enabled) {
+		now = bpf_ktime_get_ns();
+		exec_ns = prev->se.sum_exec_runtime;
+	}
 
 	/* Fresh storage (pcount 0) has no baseline: the first slice since load is skipped. */
 	if (st->pcount != 0 && pcount > st->pcount) {

@@ -1,0 +1,173 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <prometheus/text_serializer.h>
+
+#include <map>
+
+#include "collect/offcpu_collector.h"
+#include "debug/offcpu_stacks.h"
+
+namespace kpulse {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class FakeOffcpuSource : public OffcpuSource {
+ public:
+  tl::expected<OffcpuSnapshot, std::string> OffcpuSnapshotNow() const override {
+    return snapshot;
+  }
+  tl::expected<std::vector<OffcpuStack>, std::string> OffcpuStacksNow() const override {
+    // Each call returns the next prepared reading (the last one repeats).
+    const size_t index = std::min(calls_++, stacks.size() - 1);
+    return stacks[index];
+  }
+  OffcpuSnapshot snapshot;
+  std::vector<std::vector<OffcpuStack>> stacks = {{}};
+
+ private:
+  mutable size_t calls_ = 0;
+};
+
+sched_hist Hist(int slot, uint64_t count, uint64_t sum_ns) {
+  sched_hist hist{};
+  hist.slots[slot] = count;
+  hist.count = count;
+  hist.sum_ns = sum_ns;
+  return hist;
+}
+
+CgroupPathLookup Paths(std::map<uint64_t, std::string> paths) {
+  return [paths](uint64_t id) -> std::optional<std::string> {
+    auto it = paths.find(id);
+    if (it == paths.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+OffcpuStack Stack(uint64_t cgroup, uint32_t tgid, uint32_t state, uint64_t blocked_ns,
+                  std::vector<uint64_t> kernel, std::vector<uint64_t> user) {
+  OffcpuStack stack;
+  stack.key = {cgroup, tgid, state, 1, 2};
+  stack.value = {blocked_ns, 1};
+  stack.kernel_frames = std::move(kernel);
+  stack.user_frames = std::move(user);
+  return stack;
+}
+
+TEST(OffcpuStateName, NamesEveryState) {
+  EXPECT_EQ(OffcpuStateName(OFFCPU_SLEEP), "sleep");
+  EXPECT_EQ(OffcpuStateName(OFFCPU_DISK), "disk");
+  EXPECT_EQ(OffcpuStateName(OFFCPU_IDLE), "idle");
+  EXPECT_EQ(OffcpuStateName(OFFCPU_OTHER), "other");
+  EXPECT_EQ(OffcpuStateName(9), "unknown");
+}
+
+TEST(OffcpuCollector, SecondsTotalAndDurationHistogramPerCgroupAndState) {
+  FakeOffcpuSource source;
+  source.snapshot.hists = {
+      {{100, OFFCPU_SLEEP, 0}, Hist(14, 25, 500000000)},
+      {{100, OFFCPU_DISK, 0}, Hist(17, 5, 1000000000)},
+      {{200, OFFCPU_SLEEP, 0}, Hist(3, 1, 10000)},  // deleted cgroup
+  };
+  source.snapshot.overflow[OFFCPU_IDLE] = Hist(20, 2, 3000000000);
+  OffcpuCollector collector(source, Paths({{100, "/app.slice"}}));
+  const std::string text = prometheus::TextSerializer().Serialize(collector.Collect());
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"/app.slice\",state=\"sleep\"} "
+                              "0.5\n"));
+  EXPECT_THAT(text,
+              HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"/app.slice\",state=\"disk\"} 1\n"));
+  EXPECT_THAT(text,
+              HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"<deleted>\",state=\"sleep\"} 1e-05"));
+  EXPECT_THAT(text,
+              HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"<other>\",state=\"idle\"} 3\n"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{cgroup=\"/app.slice\","
+                              "state=\"disk\",le=\"0.262144\"} 5\n"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{cgroup=\"/app.slice\","
+                              "state=\"disk\",le=\"0.131072\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_count{cgroup=\"/app.slice\","
+                              "state=\"sleep\"} 25\n"));
+}
+
+TEST(FoldOffcpuStacks, RootFirstUserThenKernelFramesWithoutProbeFramesSummed) {
+  const std::vector<OffcpuStack> stacks = {
+      Stack(1, 42, OFFCPU_SLEEP, 3000000, {0xa, 0xb, 0xc}, {0x1, 0x2}),
+      Stack(1, 42, OFFCPU_SLEEP, 2000000, {0xa, 0xb, 0xc}, {0x1, 0x2}),  // same names
+  };
+  const std::map<uint64_t, std::string> kernel = {
+      {0xa, "bpf_prog_1234_sched_switch_info [bpf]"}, {0xb, "__schedule"}, {0xc, "do_sys_read"}};
+  const std::map<uint64_t, std::string> user = {{0x1, "read_loop"}, {0x2, "main"}};
+  const FoldedStacks folded = FoldOffcpuStacks(
+      stacks, [](uint32_t tgid) { return "app" + std::to_string(tgid); },
+      [&](const std::vector<uint64_t>& ips) {
+        std::vector<std::string> names;
+        for (uint64_t ip : ips) names.push_back(kernel.at(ip));
+        return names;
+      },
+      [&](uint32_t, const std::vector<uint64_t>& ips) {
+        std::vector<std::string> names;
+        for (uint64_t ip : ips) names.push_back(user.at(ip));
+        return names;
+      });
+  ASSERT_EQ(folded.size(), 1u);
+  EXPECT_EQ(folded.begin()->first, "app42;main;read_loop;do_sys_read;__schedule");
+  EXPECT_EQ(folded.begin()->second, 5000u) << "microseconds";
+}
+
+TEST(FoldOffcpuStacks, SeparatorsInsideNamesAreReplaced) {
+  const FoldedStacks folded = FoldOffcpuStacks(
+      {Stack(1, 7, OFFCPU_SLEEP, 1000, {}, {0x1})}, [](uint32_t) { return std::string("a;b"); },
+      [](const std::vector<uint64_t>&) { return std::vector<std::string>{}; },
+      [](uint32_t, const std::vector<uint64_t>&) {
+        return std::vector<std::string>{"f;g\nh"};
+      });
+  EXPECT_EQ(folded.begin()->first, "a:b;f:g h");
+}
+
+TEST(OffcpuStacksEndpoint, DisabledStacksAnswer404WithTheFix) {
+  FakeOffcpuSource source;
+  OffcpuStacksEndpoint endpoint(source, false, Paths({}));
+  const HttpResponse response = endpoint.Render(HttpRequest{"GET", "/debug/offcpu", {}, false});
+  EXPECT_EQ(response.status, 404u);
+  EXPECT_THAT(response.body, HasSubstr("probes.offcpu.stacks.enabled"));
+}
+
+TEST(OffcpuStacksEndpoint, RejectsBadParameters) {
+  FakeOffcpuSource source;
+  OffcpuStacksEndpoint endpoint(source, true, Paths({}));
+  EXPECT_EQ(endpoint.Render({"GET", "/debug/offcpu", {{"state", "running"}}, false}).status, 400u);
+  EXPECT_EQ(endpoint.Render({"GET", "/debug/offcpu", {{"seconds", "0"}}, false}).status, 400u);
+  EXPECT_EQ(endpoint.Render({"GET", "/debug/offcpu", {{"seconds", "61"}}, false}).status, 400u);
+  EXPECT_EQ(endpoint.Render({"GET", "/debug/offcpu", {{"pid", "1"}}, false}).status, 400u);
+}
+
+TEST(OffcpuStacksEndpoint, FiltersByCgroupAndState) {
+  FakeOffcpuSource source;
+  source.stacks = {{Stack(1, 1, OFFCPU_SLEEP, 1000000, {}, {}),
+                    Stack(2, 2, OFFCPU_SLEEP, 2000000, {}, {}),
+                    Stack(1, 3, OFFCPU_DISK, 4000000, {}, {})}};
+  OffcpuStacksEndpoint endpoint(source, true, Paths({{1, "/a"}, {2, "/b"}}));
+  const std::string body =
+      endpoint.Render({"GET", "/debug/offcpu", {{"cgroup", "/a"}, {"state", "sleep"}}, false})
+          .body;
+  EXPECT_THAT(body, HasSubstr(" 1000\n"));
+  EXPECT_THAT(body, Not(HasSubstr(" 2000\n")));
+  EXPECT_THAT(body, Not(HasSubstr(" 4000\n")));
+}
+
+TEST(OffcpuStacksEndpoint, SecondsWindowShowsOnlyWhatAccumulatedDuringIt) {
+  FakeOffcpuSource source;
+  source.stacks = {{Stack(1, 1, OFFCPU_SLEEP, 5000000, {}, {})},
+                   {Stack(1, 1, OFFCPU_SLEEP, 7000000, {}, {}),
+                    Stack(1, 2, OFFCPU_SLEEP, 1000000, {}, {})}};
+  OffcpuStacksEndpoint endpoint(source, true, Paths({}));
+  const std::string body =
+      endpoint.Render({"GET", "/debug/offcpu", {{"seconds", "1"}}, false}).body;
+  EXPECT_THAT(body, HasSubstr(" 2000\n")) << "7 ms - 5 ms for the stack seen before";
+  EXPECT_THAT(body, HasSubstr(" 1000\n")) << "a stack new in the window counts fully";
+  EXPECT_THAT(body, Not(HasSubstr(" 7000\n")));
+}
+
+}  // namespace
+}  // namespace kpulse
