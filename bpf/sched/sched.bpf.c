@@ -203,6 +203,8 @@ static __always_inline void offcpu_record(__u64 cgroup_id, __u32 tgid, __u32 sta
 	}
 	if (!stacks_enabled || ns < stack_min_block_ns)
 		return;
+	if (kstack < 0) /* no kernel stack (trace map full, or a hash collision): not aggregated */
+		goto drop;
 	struct offcpu_stack_key skey = {
 		.cgroup_id = cgroup_id,
 		.tgid = tgid,
@@ -216,11 +218,12 @@ static __always_inline void offcpu_record(__u64 cgroup_id, __u32 tgid, __u32 sta
 		bpf_map_update_elem(&offcpu_stacks, &skey, &zero, BPF_NOEXIST);
 		value = bpf_map_lookup_elem(&offcpu_stacks, &skey);
 	}
-	if (value && kstack >= 0) {
+	if (value) {
 		__sync_fetch_and_add(&value->blocked_ns, ns);
 		__sync_fetch_and_add(&value->count, 1);
 		return;
 	}
+drop:
 	if (!t)
 		t = totals();
 	if (t)
