@@ -11,13 +11,15 @@
  *
  * 1. sched_info (primary): one tp_btf/sched_switch program, for `prev` only. With
  *    CONFIG_SCHED_INFO the kernel keeps, per task, sched_info.run_delay (total ns spent waiting
- *    on a run queue) and pcount (times switched in), and se.sum_exec_runtime (ns on a CPU), all
- *    current for `prev` at this tracepoint. Exactly one switch-in lies between two switch-outs
- *    of a task, so since its previous switch-out:
+ *    on a run queue), pcount (times switched in) and last_arrival (when the current slice
+ *    began), all current for `prev` at this tracepoint and all on the run queue's clock. Exactly
+ *    one switch-in lies between two switch-outs of a task, so since its previous switch-out at
+ *    rq->clock = out:
  *        run-queue wait = delta run_delay,
- *        blocked        = delta wall - delta exec - delta run_delay  (when it had blocked).
- *    Baselines live in task-local storage, which the kernel frees with the task. Agrees with
- *    /proc/<pid>/task/<tid>/schedstat by construction. An interval is reported when the task
+ *        blocked        = last_arrival - out - delta run_delay  (when it had blocked),
+ *    which is wall - on-CPU - run-queue wait, read on the kernel's own clock (no clock read of
+ *    ours). Baselines live in task-local storage, which the kernel frees with the task. Agrees
+ *    with /proc/<pid>/task/<tid>/schedstat by construction. An interval is reported when the task
  *    next switches out.
  *
  * 2. wakeup (fallback): raw_tp sched_wakeup / sched_wakeup_new / sched_switch (classic runqlat
@@ -117,7 +119,10 @@ static __always_inline struct sched_totals *totals(void)
 
 static __always_inline __u32 hist_slot(__u64 ns)
 {
-	__u32 slot = log2_u64(ns / 1000);
+	__u32 log2 = log2_u64(ns);
+	if (log2 <= SCHED_HIST_MIN_LOG2)
+		return 0;
+	__u32 slot = log2 - SCHED_HIST_MIN_LOG2;
 	return slot < SCHED_HIST_SLOTS ? slot : SCHED_HIST_SLOTS - 1;
 }
 
@@ -132,18 +137,17 @@ static __always_inline bool hist_add(void *map, const void *key, __u64 ns, __u64
 		if (!hist)
 			return false;
 	}
-	__sync_fetch_and_add(&hist->slots[hist_slot(ns / samples)], samples);
+	/* samples > 1 only after a missed baseline: avoid the division otherwise. */
+	__sync_fetch_and_add(&hist->slots[hist_slot(samples == 1 ? ns : ns / samples)], samples);
 	__sync_fetch_and_add(&hist->sum_ns, ns);
-	__sync_fetch_and_add(&hist->count, samples);
 	return true;
 }
 
 /* Per-CPU, so no atomics. */
 static __always_inline void overflow_add(struct sched_hist *hist, __u64 ns, __u64 samples)
 {
-	hist->slots[hist_slot(ns / samples)] += samples;
+	hist->slots[hist_slot(samples == 1 ? ns : ns / samples)] += samples;
 	hist->sum_ns += ns;
-	hist->count += samples;
 }
 
 /* Adds `samples` waits totalling `delay_ns` (one, except after a missed baseline). */
@@ -245,12 +249,6 @@ int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct t
 	__u64 pcount = prev->sched_info.pcount;
 	/* At sched_switch, current is still prev. */
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	/* Only off-CPU needs the clock and on-CPU time (the verifier prunes this when it is off). */
-	__u64 now = 0, exec_ns = 0;
-	if (offcpu_enabled) {
-		now = bpf_ktime_get_ns();
-		exec_ns = prev->se.sum_exec_runtime;
-	}
 
 	/* Fresh storage (pcount 0) has no baseline: the first slice since load is skipped. */
 	if (st->pcount != 0 && pcount > st->pcount) {
@@ -258,18 +256,20 @@ int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct t
 		if (runq_enabled)
 			runq_record(cgroup_id, waited, pcount - st->pcount);
 		if (offcpu_enabled && st->state < OFFCPU_STATE_MAX) {
-			__u64 wall = now - st->switch_out_ns;
-			__u64 busy = (exec_ns - st->exec_ns) + waited;
-			if (wall > busy)
-				offcpu_record(st->cgroup_id, prev->tgid, st->state, wall - busy,
+			__u64 arrival = prev->sched_info.last_arrival;
+			__u64 gap = arrival - st->switch_out_ns; /* blocked, then waited */
+			if ((__s64)gap > 0 && gap > waited)
+				offcpu_record(st->cgroup_id, prev->tgid, st->state, gap - waited,
 					      st->kstack_id, st->ustack_id);
 		}
 	}
 	st->run_delay = run_delay;
 	st->pcount = pcount;
 	if (offcpu_enabled) {
-		st->exec_ns = exec_ns;
-		st->switch_out_ns = now;
+		/* The run queue's clock, which sched_info accounts with, updated by __schedule() just
+		 * before this tracepoint. Reached through prev's cfs_rq (CONFIG_FAIR_GROUP_SCHED; user
+		 * space checks the fields exist) because `runqueues` is not in kallsyms everywhere. */
+		st->switch_out_ns = prev->se.cfs_rq->rq->clock;
 		st->cgroup_id = cgroup_id;
 		st->state = offcpu_state_of(preempt, prev);
 		if (st->state < OFFCPU_STATE_MAX)

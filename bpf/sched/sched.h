@@ -11,16 +11,18 @@
 #endif
 
 /*
- * log2 histogram of durations in microseconds: slot i holds [2^i, 2^(i+1)) us, slot 0 also
- * everything under 1 us, the last slot everything from 2^(SLOTS-1) us (67 s) up. The exporter's
- * bucket for slot i is le = 2^(i+1) us; the last slot only appears in le="+Inf".
+ * log2 histogram of durations in nanoseconds, starting at 2^SCHED_HIST_MIN_LOG2 ns (~1 us):
+ * slot i holds [2^(i+10), 2^(i+11)) ns, slot 0 also everything shorter, the last slot everything
+ * from 2^(SLOTS+9) ns (68.7 s) up. Powers of two of nanoseconds need no division on the hot path.
+ * The exporter's bucket for slot i is le = 2^(i+11) ns; the last slot only appears in le="+Inf".
  */
 #define SCHED_HIST_SLOTS 27
+#define SCHED_HIST_MIN_LOG2 10
 
 struct sched_hist {
 	__u64 slots[SCHED_HIST_SLOTS];
 	__u64 sum_ns; /* exact sum of the recorded durations */
-	__u64 count;  /* number of recorded durations (= sum of slots) */
+	/* No count field: the count is the sum of the slots, one atomic add fewer per event. */
 };
 
 /* Sentinel cpu for histograms aggregated over CPUs (the per_cpu option is off). */
@@ -70,8 +72,7 @@ struct offcpu_stack_value {
 struct sched_task_state {
 	__u64 run_delay;     /* task->sched_info.run_delay: total ns spent runnable, waiting */
 	__u64 pcount;        /* task->sched_info.pcount: times it was switched in */
-	__u64 exec_ns;       /* task->se.sum_exec_runtime: total ns on a CPU */
-	__u64 switch_out_ns; /* bpf_ktime_get_ns() at that switch-out */
+	__u64 switch_out_ns; /* the run queue's clock (rq->clock) at that switch-out */
 	__u64 cgroup_id;     /* its cgroup then: a block is charged where it began */
 	__u32 state;         /* enum offcpu_state at that switch-out */
 	__s32 kstack_id;     /* its stacks, when stacks are on, else negative */

@@ -48,8 +48,10 @@ std::string_view ToString(SchedVariant variant) {
 SchedKernelFeatures ProbeSchedKernelFeatures() {
   SchedKernelFeatures features;
   if (btf* vmlinux = btf__load_vmlinux_btf()) {
+    // The off-CPU part also reads the run queue clock through task->se.cfs_rq->rq.
     features.sched_info = StructHasMember(vmlinux, "task_struct", "sched_info") &&
-                          SchedInfoCounting();
+                          StructHasMember(vmlinux, "sched_entity", "cfs_rq") &&
+                          StructHasMember(vmlinux, "cfs_rq", "rq") && SchedInfoCounting();
     features.tp_btf =
         btf__find_by_name_kind(vmlinux, "btf_trace_sched_switch", BTF_KIND_TYPEDEF) >= 0;
     btf__free(vmlinux);

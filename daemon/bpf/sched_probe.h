@@ -19,20 +19,27 @@ struct sched_bpf;
 namespace kpulse {
 
 // Layout checks against the BPF target's (see bpf/sched/sched.h).
-static_assert(sizeof(sched_hist) == 8 * (SCHED_HIST_SLOTS + 2));
+static_assert(sizeof(sched_hist) == 8 * (SCHED_HIST_SLOTS + 1));
 static_assert(sizeof(runq_key) == 16);
 static_assert(sizeof(offcpu_key) == 16);
 static_assert(sizeof(offcpu_stack_key) == 24);
 static_assert(sizeof(offcpu_stack_value) == 16);
-static_assert(sizeof(sched_task_state) == 56);
+static_assert(sizeof(sched_task_state) == 48);
 static_assert(sizeof(offcpu_start) == 24);
 static_assert(sizeof(sched_totals) == sizeof(sched_hist) * (1 + OFFCPU_STATE_MAX) + 3 * 8);
 
-/// Adds histogram `one` into `sum` (slots, sum and count).
+/// Adds histogram `one` into `sum`.
 inline void AddHist(sched_hist& sum, const sched_hist& one) {
   for (int slot = 0; slot < SCHED_HIST_SLOTS; ++slot) sum.slots[slot] += one.slots[slot];
   sum.sum_ns += one.sum_ns;
-  sum.count += one.count;
+}
+
+/// Observations in a histogram: the kernel keeps no separate count (one atomic add fewer per
+/// event), so it is the sum of the slots.
+inline uint64_t HistCount(const sched_hist& hist) {
+  uint64_t count = 0;
+  for (uint64_t n : hist.slots) count += n;
+  return count;
 }
 
 /// Run-queue histograms at one instant, CPUs already summed.

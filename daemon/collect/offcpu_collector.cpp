@@ -63,7 +63,7 @@ std::vector<MetricFamily> OffcpuCollector::Collect() const {
     AddHist(by_label[{std::move(label), key.state}], hist);
   }
   for (uint32_t state = 0; state < OFFCPU_STATE_MAX; ++state) {
-    if (snapshot->overflow[state].count != 0) {
+    if (HistCount(snapshot->overflow[state]) != 0) {
       AddHist(by_label[{kOverflowCgroupLabel, state}], snapshot->overflow[state]);
     }
   }

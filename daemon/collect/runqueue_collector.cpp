@@ -26,7 +26,9 @@ void AddHistogram(MetricFamily& family, std::vector<ClientMetric::Label> labels,
 
 }  // namespace
 
-double SlotUpperBoundSeconds(int slot) { return std::ldexp(1.0, slot + 1) / 1e6; }
+double SlotUpperBoundSeconds(int slot) {
+  return std::ldexp(1.0, slot + SCHED_HIST_MIN_LOG2 + 1) / 1e9;
+}
 
 ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist) {
   ClientMetric::Histogram out;
@@ -36,7 +38,7 @@ ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist) {
     out.bucket.push_back({cumulative, SlotUpperBoundSeconds(slot)});
   }
   // The open-ended last slot lands only in +Inf, which the serializer adds with sample_count.
-  out.sample_count = hist.count;
+  out.sample_count = HistCount(hist);
   out.sample_sum = static_cast<double>(hist.sum_ns) / 1e9;
   return out;
 }
@@ -73,7 +75,7 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
     AddHist(by_label[{std::move(label), key.cpu}], hist);
     AddHist(node, hist);
   }
-  if (snapshot->overflow.count != 0) {
+  if (HistCount(snapshot->overflow) != 0) {
     AddHist(by_label[{kOverflowCgroupLabel, SCHED_ALL_CPUS}], snapshot->overflow);
   }
 

@@ -11,8 +11,9 @@
 
 namespace kpulse {
 
-/// Upper bound (`le`, seconds) of histogram slot `slot`: slot i holds [2^i, 2^(i+1)) us, so its
-/// bound is 2^(i+1) us. The last slot is open-ended and has no finite bound (it is in +Inf).
+/// Upper bound (`le`, seconds) of histogram slot `slot`: slot i holds [2^(i+10), 2^(i+11)) ns,
+/// so its bound is 2^(i+11) ns (2.048 us for slot 0). The last slot is open-ended and has no
+/// finite bound (it is in +Inf).
 double SlotUpperBoundSeconds(int slot);
 
 /// A kernel log2 histogram as a Prometheus histogram: cumulative buckets for every finite slot,

@@ -176,11 +176,11 @@ TEST_P(OffcpuProbeTest, SleepTotalMatchesWallMinusExecMinusRunDelay) {
   std::printf("%s: blocked (sleep) truth %.4f s, kpulse %.4f s over %llu blocks\n",
               std::string(ToString(GetParam())).c_str(), static_cast<double>(truth_ns) / 1e9,
               static_cast<double>(sleep.sum_ns) / 1e9,
-              static_cast<unsigned long long>(sleep.count));
+              static_cast<unsigned long long>(HistCount(sleep)));
   EXPECT_GT(truth_ns, 4 * kRounds * 15'000'000LL) << "four threads blocked ~0.5 s each (setup)";
   EXPECT_NEAR(static_cast<double>(sleep.sum_ns), static_cast<double>(truth_ns),
               0.03 * static_cast<double>(truth_ns));
-  EXPECT_GE(sleep.count, static_cast<uint64_t>(4 * kRounds));
+  EXPECT_GE(HistCount(sleep), static_cast<uint64_t>(4 * kRounds));
 }
 
 // The parent of a vfork() child waits in TASK_KILLABLE, which includes the TASK_UNINTERRUPTIBLE
@@ -217,7 +217,7 @@ TEST_P(OffcpuProbeTest, VforkParentIsCountedAsDiskByStateBits) {
   EXPECT_NEAR(static_cast<double>(disk.sum_ns), static_cast<double>(truth_ns),
               0.03 * static_cast<double>(truth_ns));
   EXPECT_GE(disk.slots[17], static_cast<uint64_t>(kRounds))
-      << "200 ms blocks belong in [131, 262) ms";
+      << "200 ms blocks belong in [134, 268) ms";
 }
 
 // With stacks on, a thread blocked in a known function of this binary (built with symbols)

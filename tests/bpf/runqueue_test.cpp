@@ -117,25 +117,22 @@ TEST_P(RunqueueProbeTest, CgroupSumAndCountMatchSchedstatRunDelayAndPcount) {
   std::printf("%s: run_delay kernel %.3f s, kpulse %.3f s; pcount kernel %.0f, kpulse %llu\n",
               std::string(ToString(GetParam())).c_str(), kernel_delay * 1e-9,
               static_cast<double>(kpulse.sum_ns) * 1e-9, kernel_pcount,
-              static_cast<unsigned long long>(kpulse.count));
+              static_cast<unsigned long long>(HistCount(kpulse)));
   EXPECT_GT(kernel_delay, 1e9) << "3 spinners on one CPU for 2 s wait > 1 s in all (setup)";
   EXPECT_NEAR(static_cast<double>(kpulse.sum_ns), kernel_delay, 0.03 * kernel_delay);
-  EXPECT_NEAR(static_cast<double>(kpulse.count), kernel_pcount, 0.03 * kernel_pcount);
-  uint64_t slot_total = 0;
-  for (uint64_t n : kpulse.slots) slot_total += n;
-  EXPECT_EQ(slot_total, kpulse.count) << "every wait lands in exactly one bucket";
+  EXPECT_NEAR(static_cast<double>(HistCount(kpulse)), kernel_pcount, 0.03 * kernel_pcount);
 
   const sched_hist idle_delta = Delta(CgroupHist(kpulse_after, idle.id()), idle_before);
-  EXPECT_EQ(idle_delta.count, 0u);
+  EXPECT_EQ(HistCount(idle_delta), 0u);
   EXPECT_EQ(idle_delta.sum_ns, 0u);
 }
 
 // A normal thread in cgroup X is woken by a SCHED_FIFO thread of cgroup Y on the same CPU, which
-// then spins for 24 ms: every wait of X's thread is ~24 ms, in the bucket [16.384, 32.768) ms
-// (le = 0.032768), and is charged to X (the waiting task), never to Y (the waker).
+// then spins for 24 ms: every wait of X's thread is ~24 ms, in the bucket [16.78, 33.55) ms
+// (le = 2^25 ns = 0.033554432), and is charged to X (the waiting task), never to Y (the waker).
 TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup) {
   constexpr int kRounds = 12;
-  constexpr int kExpectedSlot = 14;  // floor(log2(24000 us))
+  constexpr int kExpectedSlot = 14;  // floor(log2(24e6 ns)) - 10
   TestCgroup wakee("rqwakee"), waker("rqwaker");
   auto probe = StartProbe();
   int wake[2];
@@ -174,16 +171,16 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
 
   const sched_hist x = Delta(CgroupHist(after, wakee.id()), CgroupHist(before, wakee.id()));
   const sched_hist y = Delta(CgroupHist(after, waker.id()), CgroupHist(before, waker.id()));
-  EXPECT_EQ(x.count, static_cast<uint64_t>(kRounds)) << "one wait per wakeup";
+  EXPECT_EQ(HistCount(x), static_cast<uint64_t>(kRounds)) << "one wait per wakeup";
   EXPECT_GE(x.slots[kExpectedSlot], static_cast<uint64_t>(kRounds - 1))
-      << "~24 ms waits belong in [16.384, 32.768) ms";
+      << "~24 ms waits belong in [16.78, 33.55) ms";
   const double kernel_delay =
       static_cast<double>(wakee_after.run_delay_ns - wakee_before.run_delay_ns);
   EXPECT_NEAR(static_cast<double>(x.sum_ns), kernel_delay, 0.03 * kernel_delay);
   uint64_t waker_long_waits = 0;
   for (int slot = 10; slot < SCHED_HIST_SLOTS; ++slot) waker_long_waits += y.slots[slot];
   EXPECT_EQ(waker_long_waits, 0u) << "the FIFO waker never waits ~ms: nothing charged to it";
-  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(kExpectedSlot), 0.032768);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(kExpectedSlot), 0.033554432);
 }
 
 // The wakeup hook's tid-keyed start map must not keep entries of threads that exited. (The
@@ -244,7 +241,7 @@ TEST_P(RunqueueProbeTest, PerCpuHistogramsNameThePinnedCpu) {
   EXPECT_EQ(spinners.Wait(), 0);
   std::map<uint32_t, uint64_t> waits_by_cpu;
   for (const auto& [key, hist] : Snapshot(*probe).hists) {
-    if (key.cgroup_id == cgroup.id()) waits_by_cpu[key.cpu] += hist.count;
+    if (key.cgroup_id == cgroup.id()) waits_by_cpu[key.cpu] += HistCount(hist);
   }
   EXPECT_GT(waits_by_cpu[static_cast<uint32_t>(cpu)], 10u) << "two spinners share one CPU";
   for (const auto& [key_cpu, waits] : waits_by_cpu) {

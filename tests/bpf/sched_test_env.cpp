@@ -87,7 +87,6 @@ sched_hist Delta(const sched_hist& after, const sched_hist& before) {
     delta.slots[slot] = after.slots[slot] - before.slots[slot];
   }
   delta.sum_ns = after.sum_ns - before.sum_ns;
-  delta.count = after.count - before.count;
   return delta;
 }
 

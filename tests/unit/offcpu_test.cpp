@@ -33,7 +33,6 @@ class FakeOffcpuSource : public OffcpuSource {
 sched_hist Hist(int slot, uint64_t count, uint64_t sum_ns) {
   sched_hist hist{};
   hist.slots[slot] = count;
-  hist.count = count;
   hist.sum_ns = sum_ns;
   return hist;
 }
@@ -83,9 +82,9 @@ TEST(OffcpuCollector, SecondsTotalAndDurationHistogramPerCgroupAndState) {
   EXPECT_THAT(text,
               HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"<other>\",state=\"idle\"} 3\n"));
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{cgroup=\"/app.slice\","
-                              "state=\"disk\",le=\"0.262144\"} 5\n"));
+                              "state=\"disk\",le=\"0.268435456\"} 5\n"));
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{cgroup=\"/app.slice\","
-                              "state=\"disk\",le=\"0.131072\"} 0\n"));
+                              "state=\"disk\",le=\"0.134217728\"} 0\n"));
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_count{cgroup=\"/app.slice\","
                               "state=\"sleep\"} 25\n"));
 }

@@ -26,7 +26,6 @@ sched_hist Hist(std::map<int, uint64_t> slots, uint64_t sum_ns) {
   sched_hist hist{};
   for (const auto& [slot, count] : slots) {
     hist.slots[slot] = count;
-    hist.count += count;
   }
   hist.sum_ns = sum_ns;
   return hist;
@@ -44,14 +43,14 @@ std::string Render(const RunqueueCollector& collector) {
   return prometheus::TextSerializer().Serialize(collector.Collect());
 }
 
-TEST(SlotUpperBound, SlotIHoldsValuesBelowTwoToTheIPlusOneMicroseconds) {
-  // floor(log2(us)) = i puts us in [2^i, 2^(i+1)): the bucket's le is 2^(i+1) us, not 2^i
-  // (ebpf_exporter's off-by-one).
-  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(0), 2e-6);
-  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(1), 4e-6);
-  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(9), 1024e-6);
-  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(14), 0.032768);
-  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(SCHED_HIST_SLOTS - 2), 67.108864);
+TEST(SlotUpperBound, SlotIHoldsValuesBelowTwoToTheIPlusElevenNanoseconds) {
+  // floor(log2(ns)) = i + 10 puts ns in [2^(i+10), 2^(i+11)): the bucket's le is 2^(i+11) ns,
+  // not 2^(i+10) (ebpf_exporter's off-by-one).
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(0), 2048e-9);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(1), 4096e-9);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(10), 2097152e-9);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(14), 0.033554432);
+  EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(SCHED_HIST_SLOTS - 2), 68.719476736);
 }
 
 TEST(ToPrometheusHistogram, BucketsAreCumulativeAndSumAndCountExact) {
@@ -60,7 +59,7 @@ TEST(ToPrometheusHistogram, BucketsAreCumulativeAndSumAndCountExact) {
   EXPECT_EQ(out.bucket[0].cumulative_count, 2u);
   EXPECT_EQ(out.bucket[2].cumulative_count, 2u);
   EXPECT_EQ(out.bucket[3].cumulative_count, 7u);
-  EXPECT_DOUBLE_EQ(out.bucket[3].upper_bound, 16e-6);
+  EXPECT_DOUBLE_EQ(out.bucket[3].upper_bound, 16384e-9);
   EXPECT_EQ(out.bucket[13].cumulative_count, 7u);
   EXPECT_EQ(out.bucket[14].cumulative_count, 8u);
   EXPECT_EQ(out.sample_count, 8u);
@@ -82,7 +81,7 @@ TEST(RunqueueCollector, PerCgroupAndNodeHistogramsInTextFormat) {
   const std::string text = Render(collector);
   EXPECT_THAT(text, HasSubstr("# TYPE kpulse_runqueue_latency_seconds histogram"));
   EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_bucket{cgroup=\"/system.slice/"
-                              "app.service\",le=\"1.6e-05\"} 4"));
+                              "app.service\",le=\"1.6384e-05\"} 4"));
   EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/system.slice/"
                               "app.service\"} 4"));
   EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<other>\"} 1"));
