@@ -18,6 +18,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "util/unique_fd.h"
+
 namespace kpulse {
 namespace {
 
@@ -64,20 +66,6 @@ std::vector<std::string_view> SplitSpaces(std::string_view line) {
 
 // Relative form of a resolver path for *at() calls on the root fd: "/" -> ".", "/a/b" -> "a/b".
 const char* RelativeTo(const std::string& path) { return path == "/" ? "." : path.c_str() + 1; }
-
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 std::optional<std::string> ReadFdLink(int fd) {
   const std::string proc = "/proc/self/fd/" + std::to_string(fd);
@@ -207,7 +195,7 @@ CgroupResolver::HandleResult CgroupResolver::ResolveByHandle(uint64_t cgroup_id,
   handle->handle_type = kFileIdKernfs;
   std::memcpy(handle->f_handle, &cgroup_id, sizeof(cgroup_id));
 
-  const ScopedFd fd(open_by_handle_at(root_fd_, handle, O_PATH | O_CLOEXEC));
+  const UniqueFd fd(open_by_handle_at(root_fd_, handle, O_PATH | O_CLOEXEC));
   if (fd.get() < 0) {
     error = errno;
     switch (error) {

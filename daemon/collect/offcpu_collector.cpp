@@ -6,7 +6,6 @@
 
 #include "collect/family_builder.h"
 #include "collect/runqueue_collector.h"  // ToPrometheusHistogram
-#include "util/label_value.h"
 
 namespace kpulse {
 
@@ -38,28 +37,16 @@ OffcpuCollector::OffcpuCollector(const OffcpuSource& source, CgroupPathLookup cg
 
 std::vector<MetricFamily> OffcpuCollector::Collect() const {
   std::vector<MetricFamily> families;
-  auto read_errors = MakeFamily("kpulse_offcpu_read_errors_total",
-                                "Scrapes whose read of the off-CPU BPF maps failed.",
-                                MetricType::Counter);
-  tl::expected<OffcpuSnapshot, std::string> snapshot;
-  try {
-    snapshot = source_.OffcpuSnapshotNow();
-  } catch (const std::exception& e) {
-    snapshot = tl::unexpected(std::string(e.what()));
-  }
+  const auto snapshot = read_errors_.Take([this] { return source_.OffcpuSnapshotNow(); });
   if (!snapshot) {
-    ++read_errors_;
-    spdlog::error("offcpu: {}", snapshot.error());
-    AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
-    families.push_back(std::move(read_errors));
+    families.push_back(read_errors_.Family());
     return families;
   }
 
   // Entries sharing a label set (deleted cgroups) are summed; overflow is cgroup="<other>".
   std::map<std::pair<std::string, uint32_t>, sched_hist> by_label;
   for (const auto& [key, hist] : snapshot->hists) {
-    std::optional<std::string> path = cgroup_path_ ? cgroup_path_(key.cgroup_id) : std::nullopt;
-    std::string label = path ? SanitizeLabelValue(*path) : kDeletedCgroupLabel;
+    std::string label = CgroupLabel(cgroup_path_, key.cgroup_id);
     AddHist(by_label[{std::move(label), key.state}], hist);
   }
   for (uint32_t state = 0; state < OFFCPU_STATE_MAX; ++state) {
@@ -109,8 +96,7 @@ std::vector<MetricFamily> OffcpuCollector::Collect() const {
   AddSample(stack_drops, {}, static_cast<double>(snapshot->stack_drops));
   families.push_back(std::move(stack_drops));
 
-  AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
-  families.push_back(std::move(read_errors));
+  families.push_back(read_errors_.Family());
   return families;
 }
 

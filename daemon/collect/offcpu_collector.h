@@ -6,7 +6,8 @@
 #include <prometheus/collectable.h>
 
 #include "bpf/sched_probe.h"
-#include "collect/retrans_collector.h"  // CgroupPathLookup, cgroup label constants
+#include "collect/read_errors.h"
+#include "collect/cgroup_label.h"
 #include "config/config.h"
 
 namespace kpulse {
@@ -24,7 +25,7 @@ class OffcpuCollector : public prometheus::Collectable {
  private:
   const OffcpuSource& source_;
   CgroupPathLookup cgroup_path_;
-  mutable std::atomic<uint64_t> read_errors_{0};
+  ReadErrors read_errors_{"offcpu", "kpulse_offcpu_read_errors_total"};
 };
 
 }  // namespace kpulse

@@ -8,7 +8,6 @@
 #include <map>
 
 #include "collect/family_builder.h"
-#include "util/label_value.h"
 
 namespace kpulse {
 
@@ -71,20 +70,9 @@ RetransCollector::RetransCollector(const RetransSource& source, CgroupPathLookup
 
 std::vector<MetricFamily> RetransCollector::Collect() const {
   std::vector<MetricFamily> families;
-  auto read_errors = MakeFamily("kpulse_tcp_retransmit_read_errors_total",
-                            "Scrapes whose read of the retransmit BPF maps failed.",
-                            MetricType::Counter);
-  tl::expected<RetransSnapshot, std::string> snapshot;
-  try {
-    snapshot = source_.Snapshot();
-  } catch (const std::exception& e) {
-    snapshot = tl::unexpected(std::string(e.what()));
-  }
+  const auto snapshot = read_errors_.Take([this] { return source_.Snapshot(); });
   if (!snapshot) {
-    ++read_errors_;
-    spdlog::error("tcp_retransmit: {}", snapshot.error());
-    AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
-    families.push_back(std::move(read_errors));
+    families.push_back(read_errors_.Family());
     return families;
   }
   const retrans_totals& totals = snapshot->totals;
@@ -114,8 +102,7 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
   // Per cgroup. Several ids can share a label (deleted cgroups), so sum by label first.
   std::map<std::pair<std::string, uint32_t>, uint64_t> by_cgroup;
   for (const auto& [key, value] : snapshot->cgroups) {
-    std::optional<std::string> path = cgroup_path_ ? cgroup_path_(key.cgroup_id) : std::nullopt;
-    std::string label = path ? SanitizeLabelValue(*path) : kDeletedCgroupLabel;
+    std::string label = CgroupLabel(cgroup_path_, key.cgroup_id);
     by_cgroup[{std::move(label), key.kind}] += value.segments;
   }
   for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
@@ -197,8 +184,7 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
   families.push_back(std::move(entries));
   families.push_back(std::move(capacity));
 
-  AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
-  families.push_back(std::move(read_errors));
+  families.push_back(read_errors_.Family());
   return families;
 }
 

@@ -11,12 +11,11 @@
 #include <prometheus/metric_family.h>
 
 #include "bpf/retrans_probe.h"
+#include "collect/cgroup_label.h"
+#include "collect/read_errors.h"
 #include "config/config.h"
 
 namespace kpulse {
-
-/// Resolves a cgroup v2 id to its path below the cgroup2 root; nullopt when the cgroup is gone.
-using CgroupPathLookup = std::function<std::optional<std::string>(uint64_t cgroup_id)>;
 
 /// Label values for one flow key. v4-mapped IPv6 endpoints (::ffff:a.b.c.d) are shown as IPv4,
 /// so one upstream has one series whichever socket family reached it.
@@ -27,11 +26,6 @@ struct FlowLabelValues {
 FlowLabelValues FormatFlow(const retrans_flow_key& key);
 
 std::string_view RetransKindName(uint32_t kind);  // "syn" | "synack" | "data" | "unknown"
-
-/// Label used for cgroups that no longer exist (their series fold into one), and for the
-/// segments the cgroup map could not hold.
-inline constexpr const char* kDeletedCgroupLabel = "<deleted>";
-inline constexpr const char* kOverflowCgroupLabel = "<other>";
 
 /// Turns a RetransSource snapshot into Prometheus families at scrape time (Collect() runs on
 /// the HTTP threads: it is thread-safe and never throws). Kernel counters are never reset.
@@ -49,7 +43,7 @@ class RetransCollector : public prometheus::Collectable {
   // Evictions are derived (flows created - flows present); reads race with inserts, so keep the
   // exported counter monotonic.
   mutable std::atomic<uint64_t> evicted_high_water_{0};
-  mutable std::atomic<uint64_t> read_errors_{0};
+  ReadErrors read_errors_{"tcp_retransmit", "kpulse_tcp_retransmit_read_errors_total"};
 };
 
 }  // namespace kpulse

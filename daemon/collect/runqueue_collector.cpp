@@ -6,7 +6,6 @@
 #include <map>
 
 #include "collect/family_builder.h"
-#include "util/label_value.h"
 
 namespace kpulse {
 
@@ -49,20 +48,9 @@ RunqueueCollector::RunqueueCollector(const RunqueueSource& source, CgroupPathLoo
 
 std::vector<MetricFamily> RunqueueCollector::Collect() const {
   std::vector<MetricFamily> families;
-  auto read_errors = MakeFamily("kpulse_runqueue_read_errors_total",
-                                "Scrapes whose read of the run-queue BPF maps failed.",
-                                MetricType::Counter);
-  tl::expected<RunqueueSnapshot, std::string> snapshot;
-  try {
-    snapshot = source_.RunqueueSnapshotNow();
-  } catch (const std::exception& e) {
-    snapshot = tl::unexpected(std::string(e.what()));
-  }
+  const auto snapshot = read_errors_.Take([this] { return source_.RunqueueSnapshotNow(); });
   if (!snapshot) {
-    ++read_errors_;
-    spdlog::error("runqueue_latency: {}", snapshot.error());
-    AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
-    families.push_back(std::move(read_errors));
+    families.push_back(read_errors_.Family());
     return families;
   }
 
@@ -70,8 +58,7 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
   std::map<std::pair<std::string, uint32_t>, sched_hist> by_label;
   sched_hist node = snapshot->overflow;
   for (const auto& [key, hist] : snapshot->hists) {
-    std::optional<std::string> path = cgroup_path_ ? cgroup_path_(key.cgroup_id) : std::nullopt;
-    std::string label = path ? SanitizeLabelValue(*path) : kDeletedCgroupLabel;
+    std::string label = CgroupLabel(cgroup_path_, key.cgroup_id);
     AddHist(by_label[{std::move(label), key.cpu}], hist);
     AddHist(node, hist);
   }
@@ -115,8 +102,7 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
   AddSample(drops, {}, static_cast<double>(snapshot->start_drops));
   families.push_back(std::move(drops));
 
-  AddSample(read_errors, {}, static_cast<double>(read_errors_.load()));
-  families.push_back(std::move(read_errors));
+  families.push_back(read_errors_.Family());
   return families;
 }
 

@@ -6,7 +6,8 @@
 #include <prometheus/collectable.h>
 
 #include "bpf/sched_probe.h"
-#include "collect/retrans_collector.h"  // CgroupPathLookup
+#include "collect/read_errors.h"
+#include "collect/cgroup_label.h"
 #include "config/config.h"
 
 namespace kpulse {
@@ -32,7 +33,7 @@ class RunqueueCollector : public prometheus::Collectable {
   const RunqueueSource& source_;
   CgroupPathLookup cgroup_path_;
   RunqueueConfig config_;
-  mutable std::atomic<uint64_t> read_errors_{0};
+  ReadErrors read_errors_{"runqueue_latency", "kpulse_runqueue_read_errors_total"};
 };
 
 }  // namespace kpulse

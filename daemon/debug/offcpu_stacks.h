@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "bpf/sched_probe.h"
-#include "collect/retrans_collector.h"  // CgroupPathLookup
+#include "collect/cgroup_label.h"
 #include "http/http_server.h"
 
 namespace kpulse {

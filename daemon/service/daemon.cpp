@@ -25,6 +25,7 @@
 #include "http/http_server.h"
 #include "http/metrics_handler.h"
 #include "service/systemd_notify.h"
+#include "util/unique_fd.h"
 #include "version.h"
 
 namespace kpulse {
@@ -41,46 +42,33 @@ class SignalFd {
     if (pthread_sigmask(SIG_BLOCK, &set_, nullptr) != 0) {
       throw std::runtime_error("blocking signals failed");
     }
-    fd_ = signalfd(-1, &set_, SFD_CLOEXEC);
-    if (fd_ < 0) throw std::runtime_error(std::string("signalfd failed: ") + strerror(errno));
+    fd_ = UniqueFd(signalfd(-1, &set_, SFD_CLOEXEC));
+    if (!fd_.valid()) throw std::runtime_error(std::string("signalfd failed: ") + strerror(errno));
   }
-  ~SignalFd() { close(fd_); }
-  SignalFd(const SignalFd&) = delete;
-  SignalFd& operator=(const SignalFd&) = delete;
 
   /// Waits up to `timeout_ms` (-1: forever); returns the signal number, or 0 on timeout.
   int Wait(int timeout_ms) const {
-    pollfd pfd{fd_, POLLIN, 0};
+    pollfd pfd{fd_.get(), POLLIN, 0};
     const int ready = poll(&pfd, 1, timeout_ms);
     if (ready <= 0) return 0;
     signalfd_siginfo info{};
-    if (read(fd_, &info, sizeof(info)) != sizeof(info)) return 0;
+    if (read(fd_.get(), &info, sizeof(info)) != sizeof(info)) return 0;
     return static_cast<int>(info.ssi_signo);
   }
 
  private:
   sigset_t set_{};
-  int fd_ = -1;
+  UniqueFd fd_;
 };
 
-// Holds kernel BPF run-time statistics on while it lives (BPF_ENABLE_STATS; refcounted by the
-// kernel, so other users of kernel.bpf_stats_enabled are unaffected).
-class BpfStatsHold {
- public:
-  explicit BpfStatsHold(bool enable) {
-    if (!enable) return;
-    fd_ = bpf_enable_stats(BPF_STATS_RUN_TIME);
-    if (fd_ < 0) spdlog::warn("enabling BPF run-time stats failed: {}", strerror(errno));
-  }
-  ~BpfStatsHold() {
-    if (fd_ >= 0) close(fd_);
-  }
-  BpfStatsHold(const BpfStatsHold&) = delete;
-  BpfStatsHold& operator=(const BpfStatsHold&) = delete;
-
- private:
-  int fd_ = -1;
-};
+// Kernel BPF run-time statistics stay on while the returned fd lives (BPF_ENABLE_STATS is
+// refcounted by the kernel: other users of kernel.bpf_stats_enabled are unaffected).
+UniqueFd HoldBpfStats(bool enable) {
+  if (!enable) return UniqueFd();
+  UniqueFd fd(bpf_enable_stats(BPF_STATS_RUN_TIME));
+  if (!fd.valid()) spdlog::warn("enabling BPF run-time stats failed: {}", strerror(errno));
+  return fd;
+}
 
 // Starts one probe: returns it, or nullptr when it failed and is not required (logged).
 template <typename Probe, typename ProbeConfig>
@@ -143,7 +131,7 @@ int RunDaemon(const Config& config) {
   MetricsEndpoint metrics;
   std::vector<ProbeStatus> statuses;
 
-  const BpfStatsHold bpf_stats(config.bpf_stats);
+  const UniqueFd bpf_stats = HoldBpfStats(config.bpf_stats);
   std::vector<const bpf_object*> objects;
   auto retrans =
       StartProbe<RetransProbe>("tcp_retransmit", config.tcp_retransmit, statuses);

@@ -17,6 +17,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "util/unique_fd.h"
+
 namespace kpulse {
 namespace {
 
@@ -127,20 +129,6 @@ int OpenMappedFile(pid_t pid, const Mapping& mapping) {
   }
   return OpenRegularFile(proc + "/root" + path, mapping.inode);
 }
-
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 class ScopedElf {
  public:
@@ -341,7 +329,7 @@ std::vector<std::string> UserSymbolizer::Resolve(pid_t pid,
       const FileId id{it->device, it->inode};
       tables[index] = Cached(id);
       if (tables[index] == nullptr) {
-        const ScopedFd fd(OpenMappedFile(pid, *it));
+        const UniqueFd fd(OpenMappedFile(pid, *it));
         if (fd.get() >= 0) {
           tables[index] = Remember(id, ElfSymbols::Read(fd.get()));
         } else {
