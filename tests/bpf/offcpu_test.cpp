@@ -183,6 +183,25 @@ TEST_P(OffcpuProbeTest, SleepTotalMatchesWallMinusExecMinusRunDelay) {
   EXPECT_GE(HistCount(sleep), static_cast<uint64_t>(4 * kRounds));
 }
 
+// min_block_us drops shorter blocks from the totals and histograms: 20 ms naps under a 50 ms
+// threshold leave nothing, 80 ms naps are all counted.
+TEST_P(OffcpuProbeTest, MinBlockThresholdDropsShorterBlocks) {
+  TestCgroup cgroup("minblk");
+  OffcpuConfig offcpu;
+  offcpu.min_block_us = 50000;
+  auto probe = StartProbe(offcpu);
+  CgroupChild napper(cgroup, [] {
+    for (int i = 0; i < 5; ++i) std::this_thread::sleep_for(20ms);
+    for (int i = 0; i < 3; ++i) std::this_thread::sleep_for(80ms);
+    return 0;
+  });
+  EXPECT_EQ(napper.Wait(), 0);
+  const sched_hist sleep = OffcpuHist(Snapshot(*probe), cgroup.id(), OFFCPU_SLEEP);
+  EXPECT_EQ(HistCount(sleep), 3u) << "only the three 80 ms naps";
+  EXPECT_GE(sleep.sum_ns, 3 * 80'000'000ULL);
+  EXPECT_LT(sleep.sum_ns, 3 * 100'000'000ULL);
+}
+
 // The parent of a vfork() child waits in TASK_KILLABLE, which includes the TASK_UNINTERRUPTIBLE
 // bit: counted as `disk` (a classification by bits; equality with TASK_UNINTERRUPTIBLE would miss
 // it). Truth: the parent's own wall - exec - run_delay around each vfork.
