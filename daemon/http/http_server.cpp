@@ -299,7 +299,12 @@ void HttpServer::Start() {
     }
     const uint16_t port = LocalPort(fd);
 
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    // A thread per connection: a slow handler (/debug/offcpu?seconds=N sleeps N seconds) or a
+    // slow client then holds up only its own connection, never a scrape. Idle connections are
+    // bounded by the connection limit and closed after the timeout. (An epoll thread pool blocked
+    // every connection of a thread behind one slow handler: HttpServer.SlowHandlersDoNot...)
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (address.family() == AF_INET6) {
       flags |= address.dual_stack ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
     }
@@ -310,7 +315,6 @@ void HttpServer::Start() {
         // First, so that every message from option parsing goes through it too.
         MHD_OPTION_EXTERNAL_LOGGER, logger, nullptr,
         MHD_OPTION_LISTEN_SOCKET, fd,
-        MHD_OPTION_THREAD_POOL_SIZE, std::max(options_.threads, 1u),
         MHD_OPTION_CONNECTION_TIMEOUT, options_.connection_timeout_seconds,
         MHD_OPTION_CONNECTION_LIMIT, std::max(options_.max_connections, 1u),
         MHD_OPTION_END);

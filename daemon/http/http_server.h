@@ -34,9 +34,9 @@ using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
 /// Serves registered routes over HTTP/1.1 with libmicrohttpd, one daemon per listen address.
 ///
-/// Every daemon runs an epoll event loop on a small thread pool, so idle, half-open or slow
-/// clients cost a file descriptor each but never hold a thread: a scrape is answered while they
-/// wait (until `connection_timeout_seconds` closes them).
+/// Every connection gets its own thread (at most `max_connections` per listen address), so idle,
+/// half-open or slow clients and slow handlers hold up only their own connection: a scrape is
+/// answered while they wait (until `connection_timeout_seconds` closes idle ones).
 ///
 /// Only GET and HEAD are served (other methods get 405 with `Allow: GET, HEAD`); an unknown
 /// path gets 404. A body over 1 KiB is gzip-compressed when the client accepts gzip.
@@ -54,7 +54,6 @@ class HttpServer {
     std::vector<ListenAddress> listen;
     unsigned connection_timeout_seconds = 10;  // Idle time after which a connection is closed.
     unsigned max_connections = 64;             // Per listen address; extra ones are closed.
-    unsigned threads = 2;                      // Event-loop threads per listen address.
   };
 
   explicit HttpServer(Options options);

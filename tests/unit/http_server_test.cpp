@@ -373,7 +373,7 @@ TEST(HttpServer, IdleConnectionsDoNotDelayScrape) {
       .Increment();
   MetricsEndpoint metrics;
   metrics.Add(registry);
-  HttpServer server(OptionsFor({"127.0.0.1:0"}));  // Default options: 2 threads, 10 s timeout.
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));  // Default options: 10 s timeout.
   server.Route("/metrics",
                [&metrics](const HttpRequest& request) { return metrics.Render(request); });
   server.Start();
@@ -403,6 +403,40 @@ TEST(HttpServer, IdleConnectionsDoNotDelayScrape) {
   // The half-sent requests were kept waiting, not dropped: one can still finish.
   ASSERT_TRUE(SendAll(partial[0], "ics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"));
   EXPECT_EQ(ParseReply(ReadToEnd(partial[0])).status, 200);
+}
+
+// A handler that takes long (GET /debug/offcpu?seconds=N sleeps N seconds) must not hold up a
+// scrape or each other: four such requests in flight, /metrics must answer at once, and the slow
+// ones run side by side.
+TEST(HttpServer, SlowHandlersDoNotDelayScrape) {
+  HttpServer server(OptionsFor({"127.0.0.1:0"}));
+  server.Route("/slow", [](const HttpRequest&) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    return HttpResponse{200, "text/plain", "slow\n"};
+  });
+  server.Route("/metrics", [](const HttpRequest&) {
+    return HttpResponse{200, "text/plain", "fast\n"};
+  });
+  server.Start();
+  const uint16_t port = server.BoundPorts().at(0);
+
+  const auto slow_start = Clock::now();
+  std::vector<std::thread> slow;
+  for (int i = 0; i < 4; ++i) {
+    slow.emplace_back([port] { Fetch(AF_INET, port, "GET", "/slow"); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // both are inside the handler
+  const auto start = Clock::now();
+  const Reply reply = Fetch(AF_INET, port, "GET", "/metrics");
+  const double elapsed_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  for (auto& thread : slow) thread.join();
+  const double slow_ms =
+      std::chrono::duration<double, std::milli>(Clock::now() - slow_start).count();
+  std::cout << "[ measured ] scrape with 4 slow requests in flight took " << elapsed_ms
+            << " ms; the 4 slow ones took " << slow_ms << " ms in all\n";
+  EXPECT_EQ(reply.status, 200);
+  EXPECT_LT(elapsed_ms, 500.0);
+  EXPECT_LT(slow_ms, 3000.0) << "2 s handlers ran one after another";
 }
 
 TEST(HttpServer, ClosesIdleConnectionAfterTimeout) {
