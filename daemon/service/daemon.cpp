@@ -108,15 +108,23 @@ std::unique_ptr<SchedProbe> StartSchedProbe(const Config& config,
   return probe;
 }
 
+// Without a usable cgroup2 hierarchy every cgroup label is "<unknown>": the probes still count.
 CgroupPathLookup MakeCgroupLookup() {
+  auto unknown = [](uint64_t) -> std::optional<std::string> { return "<unknown>"; };
   auto root = FindCgroup2Mount();
   if (!root) {
     spdlog::warn("no cgroup2 mount in /proc/self/mountinfo; cgroup labels will be <unknown>");
-    return [](uint64_t) -> std::optional<std::string> { return "<unknown>"; };
+    return unknown;
   }
-  spdlog::info("cgroup v2 hierarchy at {}", *root);
-  auto resolver = std::make_shared<CgroupResolver>(*root);
-  return [resolver](uint64_t id) { return resolver->PathOf(id); };
+  try {
+    auto resolver = std::make_shared<CgroupResolver>(*root);
+    spdlog::info("cgroup v2 hierarchy at {}", *root);
+    return [resolver](uint64_t id) { return resolver->PathOf(id); };
+  } catch (const std::exception& e) {
+    spdlog::warn("cgroup v2 hierarchy at {} is not usable ({}); cgroup labels will be <unknown>",
+                 *root, e.what());
+    return unknown;
+  }
 }
 
 }  // namespace
