@@ -14,9 +14,9 @@ std::string MapError(const char* what, const char* map_name, int err) {
 }
 
 // Pre-5.6 kernels have no batch operations: walk the keys one by one.
-MapReadResult ReadByIteration(int map_fd, const char* map_name, size_t key_size,
-                              size_t value_size, uint32_t max_entries,
-                              std::vector<std::byte>& keys, std::vector<std::byte>& values) {
+MapReadResult ReadByIteration(int map_fd, const char* map_name, size_t key_size, size_t value_size,
+                              uint32_t max_entries, std::vector<std::byte>& keys,
+                              std::vector<std::byte>& values) {
   size_t count = 0;
   const void* previous = nullptr;
   while (count < max_entries) {
@@ -38,9 +38,9 @@ MapReadResult ReadByIteration(int map_fd, const char* map_name, size_t key_size,
 
 }  // namespace
 
-MapReadResult ReadHashMapBytes(int map_fd, const char* map_name, size_t key_size,
-                               size_t value_size, uint32_t max_entries,
-                               std::vector<std::byte>& keys, std::vector<std::byte>& values) {
+MapReadResult ReadHashMapBytes(int map_fd, const char* map_name, size_t key_size, size_t value_size,
+                               uint32_t max_entries, std::vector<std::byte>& keys,
+                               std::vector<std::byte>& values) {
   keys.resize(static_cast<size_t>(max_entries) * key_size);
   values.resize(static_cast<size_t>(max_entries) * value_size);
 

@@ -4,11 +4,10 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <tl/expected.hpp>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <tl/expected.hpp>
 
 namespace kpulse {
 
@@ -21,9 +20,9 @@ using MapReadResult = tl::expected<size_t, std::string>;
 /// `max_entries`). Uses BPF_MAP_LOOKUP_BATCH (one syscall for the whole map when it fits), and
 /// falls back to get_next_key + lookup on kernels without batch support. Returns the entry count.
 /// Entries may change while being read; each entry is read atomically enough for counters.
-MapReadResult ReadHashMapBytes(int map_fd, const char* map_name, size_t key_size,
-                               size_t value_size, uint32_t max_entries,
-                               std::vector<std::byte>& keys, std::vector<std::byte>& values);
+MapReadResult ReadHashMapBytes(int map_fd, const char* map_name, size_t key_size, size_t value_size,
+                               uint32_t max_entries, std::vector<std::byte>& keys,
+                               std::vector<std::byte>& values);
 
 /// Reads entry `index` of a PERCPU_ARRAY into `per_cpu` (one value per possible CPU, each
 /// padded to 8 bytes as the kernel lays them out). Returns the number of CPUs.
@@ -37,8 +36,8 @@ tl::expected<std::vector<std::pair<Key, Value>>, std::string> ReadHashMap(int ma
                                                                           uint32_t max_entries) {
   static_assert(std::is_trivially_copyable_v<Key> && std::is_trivially_copyable_v<Value>);
   std::vector<std::byte> keys, values;
-  auto count = ReadHashMapBytes(map_fd, map_name, sizeof(Key), sizeof(Value), max_entries,
-                                keys, values);
+  auto count =
+      ReadHashMapBytes(map_fd, map_name, sizeof(Key), sizeof(Value), max_entries, keys, values);
   if (!count) return tl::unexpected(count.error());
   std::vector<std::pair<Key, Value>> entries(*count);
   for (size_t i = 0; i < *count; ++i) {

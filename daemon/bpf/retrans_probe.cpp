@@ -42,9 +42,10 @@ void EnsureTracefsMounted() {
   if (mount("nodev", kTracefs, "tracefs", 0, nullptr) == 0) {
     spdlog::info("mounted tracefs at {} for the classic tracepoint fallback", kTracefs);
   } else {
-    spdlog::warn("tracefs is not mounted at {} and mounting it failed ({}); classic tracepoints "
-                 "cannot attach",
-                 kTracefs, Errno(errno));
+    spdlog::warn(
+        "tracefs is not mounted at {} and mounting it failed ({}); classic tracepoints "
+        "cannot attach",
+        kTracefs, Errno(errno));
   }
 }
 
@@ -76,8 +77,7 @@ RetransKernelFeatures ProbeRetransKernelFeatures() {
   RetransKernelFeatures features;
   btf* vmlinux = btf__load_vmlinux_btf();
   if (!vmlinux) {
-    spdlog::warn("kernel BTF is not readable ({}); CO-RE programs will not load",
-                 Errno(errno));
+    spdlog::warn("kernel BTF is not readable ({}); CO-RE programs will not load", Errno(errno));
     return features;
   }
   const int skb_args = TracepointArgCount(vmlinux, "tcp_retransmit_skb");
@@ -141,8 +141,8 @@ tl::expected<RetransProbe::Skeleton, std::string> RetransProbe::LoadAndAttach(
   }
   if (!tp_btf) EnsureTracefsMounted();
   if (int err = retrans_bpf__attach(skeleton.get()); err != 0) {
-    return tl::unexpected("attaching the retrans BPF programs (" +
-                          std::string(ToString(variant)) + ") failed: " + Errno(err));
+    return tl::unexpected("attaching the retrans BPF programs (" + std::string(ToString(variant)) +
+                          ") failed: " + Errno(err));
   }
   return skeleton;
 }
@@ -178,17 +178,17 @@ tl::expected<RetransSnapshot, std::string> RetransProbe::Snapshot() const {
   RetransSnapshot snapshot;
   const auto& maps = skeleton_->maps;
 
-  auto totals = ReadPerCpuValue<retrans_totals>(
-      bpf_map__fd(maps.retrans_totals), "retrans_totals", 0,
-      [](retrans_totals& sum, const retrans_totals& cpu) {
-        for (int kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
-          sum.segments[kind] += cpu.segments[kind];
-          sum.failures[kind] += cpu.failures[kind];
-          sum.cgroup_overflow[kind] += cpu.cgroup_overflow[kind];
-        }
-        sum.flows_created += cpu.flows_created;
-        sum.flow_update_failures += cpu.flow_update_failures;
-      });
+  auto totals =
+      ReadPerCpuValue<retrans_totals>(bpf_map__fd(maps.retrans_totals), "retrans_totals", 0,
+                                      [](retrans_totals& sum, const retrans_totals& cpu) {
+                                        for (int kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
+                                          sum.segments[kind] += cpu.segments[kind];
+                                          sum.failures[kind] += cpu.failures[kind];
+                                          sum.cgroup_overflow[kind] += cpu.cgroup_overflow[kind];
+                                        }
+                                        sum.flows_created += cpu.flows_created;
+                                        sum.flow_update_failures += cpu.flow_update_failures;
+                                      });
   if (!totals) return tl::unexpected(totals.error());
   snapshot.totals = *totals;
 

@@ -4,10 +4,9 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <tl/expected.hpp>
 #include <utility>
 #include <vector>
-
-#include <tl/expected.hpp>
 
 #include "config/config.h"
 #include "retrans/retrans.h"
@@ -60,7 +59,7 @@ std::string_view ToString(RetransVariant variant);
 
 /// What the running kernel's BTF says about the retransmit tracepoints (never version strings).
 struct RetransKernelFeatures {
-  bool tp_btf = false;        // BTF-typed tracepoints exist for tcp_retransmit_{skb,synack}
+  bool tp_btf = false;          // BTF-typed tracepoints exist for tcp_retransmit_{skb,synack}
   bool reports_errors = false;  // tcp_retransmit_skb carries `err` (6.17+), both hook kinds
 };
 RetransKernelFeatures ProbeRetransKernelFeatures();

@@ -5,9 +5,9 @@
 #include <bpf/libbpf.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <algorithm>
 #include <fstream>
 
 #include "bpf/map_reader.h"
@@ -117,8 +117,7 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   };
   for (const auto& [map, entries] : sizes) {
     if (int err = bpf_map__set_max_entries(map, entries); err != 0) {
-      return tl::unexpected("sizing " + std::string(bpf_map__name(map)) +
-                            " failed: " + Errno(err));
+      return tl::unexpected("sizing " + std::string(bpf_map__name(map)) + " failed: " + Errno(err));
     }
   }
   if (int err = sched_bpf__load(skeleton.get()); err != 0) {
@@ -162,12 +161,11 @@ const bpf_object* SchedProbe::object() const { return skeleton_->obj; }
 tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() const {
   RunqueueSnapshot snapshot;
   const auto& maps = skeleton_->maps;
-  auto totals = ReadPerCpuValue<sched_totals>(
-      bpf_map__fd(maps.sched_totals), "sched_totals", 0,
-      [](sched_totals& sum, const sched_totals& cpu) {
-        AddHist(sum.runq_overflow, cpu.runq_overflow);
-        sum.runq_start_drops += cpu.runq_start_drops;
-      });
+  auto totals = ReadPerCpuValue<sched_totals>(bpf_map__fd(maps.sched_totals), "sched_totals", 0,
+                                              [](sched_totals& sum, const sched_totals& cpu) {
+                                                AddHist(sum.runq_overflow, cpu.runq_overflow);
+                                                sum.runq_start_drops += cpu.runq_start_drops;
+                                              });
   if (!totals) return tl::unexpected(totals.error());
   snapshot.overflow = totals->runq_overflow;
   snapshot.start_drops = totals->runq_start_drops;
@@ -184,8 +182,8 @@ namespace {
 
 template <typename Value>
 tl::expected<std::vector<uint32_t>, std::string> MapTids(const bpf_map* map) {
-  auto entries = ReadHashMap<__u32, Value>(bpf_map__fd(map), bpf_map__name(map),
-                                           bpf_map__max_entries(map));
+  auto entries =
+      ReadHashMap<__u32, Value>(bpf_map__fd(map), bpf_map__name(map), bpf_map__max_entries(map));
   if (!entries) return tl::unexpected(entries.error());
   std::vector<uint32_t> tids;
   for (const auto& entry : *entries) tids.push_back(entry.first);
@@ -222,8 +220,8 @@ tl::expected<OffcpuSnapshot, std::string> SchedProbe::OffcpuSnapshotNow() const 
   snapshot.start_drops = totals->offcpu_start_drops;
   snapshot.stack_drops = totals->stack_drops;
   snapshot.capacity = bpf_map__max_entries(maps.offcpu_hists);
-  auto hists = ReadHashMap<offcpu_key, sched_hist>(bpf_map__fd(maps.offcpu_hists),
-                                                   "offcpu_hists", snapshot.capacity);
+  auto hists = ReadHashMap<offcpu_key, sched_hist>(bpf_map__fd(maps.offcpu_hists), "offcpu_hists",
+                                                   snapshot.capacity);
   if (!hists) return tl::unexpected(hists.error());
   snapshot.hists = std::move(*hists);
   return snapshot;

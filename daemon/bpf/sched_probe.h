@@ -5,10 +5,9 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <tl/expected.hpp>
 #include <utility>
 #include <vector>
-
-#include <tl/expected.hpp>
 
 #include "config/config.h"
 #include "sched/sched.h"
@@ -45,9 +44,9 @@ inline uint64_t HistCount(const sched_hist& hist) {
 /// Run-queue histograms at one instant, CPUs already summed.
 struct RunqueueSnapshot {
   std::vector<std::pair<runq_key, sched_hist>> hists;  // per cgroup (and CPU with per_cpu)
-  sched_hist overflow{};      // waits the full map could not hold (node-wide only)
-  uint64_t start_drops = 0;   // wakeup hook: timestamps the start map could not hold
-  uint32_t capacity = 0;      // runq_hists max_entries
+  sched_hist overflow{};     // waits the full map could not hold (node-wide only)
+  uint64_t start_drops = 0;  // wakeup hook: timestamps the start map could not hold
+  uint32_t capacity = 0;     // runq_hists max_entries
 };
 
 /// Where the run-queue collector gets its data: the real probe, or a fake in unit tests.
@@ -60,8 +59,8 @@ class RunqueueSource {
 
 /// Off-CPU histograms at one instant, CPUs already summed.
 struct OffcpuSnapshot {
-  std::vector<std::pair<offcpu_key, sched_hist>> hists;   // per (cgroup, state)
-  std::array<sched_hist, OFFCPU_STATE_MAX> overflow{};    // blocks the full map could not hold
+  std::vector<std::pair<offcpu_key, sched_hist>> hists;  // per (cgroup, state)
+  std::array<sched_hist, OFFCPU_STATE_MAX> overflow{};   // blocks the full map could not hold
   uint64_t start_drops = 0;  // wakeup hook: switch-outs the start map could not hold
   uint64_t stack_drops = 0;  // blocks without a stack entry (stack maps full)
   uint32_t capacity = 0;     // offcpu_hists max_entries

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,8 +16,6 @@
 #include <system_error>
 #include <utility>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 #include "util/unique_fd.h"
 

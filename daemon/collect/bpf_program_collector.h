@@ -1,8 +1,8 @@
 #pragma once
 
-#include <vector>
-
 #include <prometheus/collectable.h>
+
+#include <vector>
 
 struct bpf_object;
 

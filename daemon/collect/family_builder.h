@@ -1,12 +1,12 @@
 #pragma once
 
-#include <string>
-#include <utility>
-#include <vector>
-
 #include <prometheus/client_metric.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/metric_type.h>
+
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace kpulse {
 

@@ -1,13 +1,13 @@
 #pragma once
 
+#include <prometheus/collectable.h>
+
 #include <atomic>
 #include <string_view>
 
-#include <prometheus/collectable.h>
-
 #include "bpf/sched_probe.h"
-#include "collect/read_errors.h"
 #include "collect/cgroup_label.h"
+#include "collect/read_errors.h"
 #include "config/config.h"
 
 namespace kpulse {

@@ -1,15 +1,14 @@
 #pragma once
 
+#include <prometheus/metric_family.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <exception>
 #include <optional>
 #include <string>
-#include <utility>
-
-#include <prometheus/metric_family.h>
 #include <tl/expected.hpp>
+#include <utility>
 
 #include "collect/family_builder.h"
 
@@ -40,9 +39,9 @@ class ReadErrors {
   }
 
   prometheus::MetricFamily Family() const {
-    auto family = MakeFamily(metric_name_,
-                             "Scrapes whose read of the " + probe_ + " BPF maps failed.",
-                             prometheus::MetricType::Counter);
+    auto family =
+        MakeFamily(metric_name_, "Scrapes whose read of the " + probe_ + " BPF maps failed.",
+                   prometheus::MetricType::Counter);
     AddSample(family, {}, static_cast<double>(count_.load()));
     return family;
   }

@@ -78,9 +78,9 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
   const retrans_totals& totals = snapshot->totals;
 
   auto node = MakeFamily("kpulse_tcp_retransmits_total",
-                     "TCP segments retransmitted on this node, all network namespaces "
-                     "(syn + synack = TcpExt TCPSynRetrans; all kinds = Tcp RetransSegs).",
-                     MetricType::Counter);
+                         "TCP segments retransmitted on this node, all network namespaces "
+                         "(syn + synack = TcpExt TCPSynRetrans; all kinds = Tcp RetransSegs).",
+                         MetricType::Counter);
   for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
     AddSample(node, {{"kind", std::string(RetransKindName(kind))}},
               static_cast<double>(totals.segments[kind]));
@@ -89,9 +89,9 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
 
   if (source_.reports_failures()) {
     auto failures = MakeFamily("kpulse_tcp_retransmit_failures_total",
-                           "Retransmit attempts the kernel reported as failed (e.g. EBUSY: the "
-                           "original still queued in the host); not counted as retransmits.",
-                           MetricType::Counter);
+                               "Retransmit attempts the kernel reported as failed (e.g. EBUSY: the "
+                               "original still queued in the host); not counted as retransmits.",
+                               MetricType::Counter);
     for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
       AddSample(failures, {{"kind", std::string(RetransKindName(kind))}},
                 static_cast<double>(totals.failures[kind]));
@@ -110,9 +110,10 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
       by_cgroup[{kOverflowCgroupLabel, kind}] += totals.cgroup_overflow[kind];
     }
   }
-  auto cgroup = MakeFamily("kpulse_tcp_cgroup_retransmits_total",
-                       "TCP segments retransmitted, by the cgroup v2 path of the socket's owner.",
-                       MetricType::Counter);
+  auto cgroup =
+      MakeFamily("kpulse_tcp_cgroup_retransmits_total",
+                 "TCP segments retransmitted, by the cgroup v2 path of the socket's owner.",
+                 MetricType::Counter);
   for (const auto& [labels, segments] : by_cgroup) {
     AddSample(cgroup,
               {{"cgroup", labels.first}, {"kind", std::string(RetransKindName(labels.second))}},
@@ -141,9 +142,9 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
     if (config_.netns_label) names.push_back("netns");
 
     auto flows = MakeFamily("kpulse_tcp_flow_retransmits_total",
-                        "TCP segments retransmitted, per flow (bounded LRU; ephemeral local "
-                        "ports folded to 0).",
-                        MetricType::Counter);
+                            "TCP segments retransmitted, per flow (bounded LRU; ephemeral local "
+                            "ports folded to 0).",
+                            MetricType::Counter);
     for (const auto& [values, segments] : by_flow) {
       std::vector<ClientMetric::Label> labels;
       for (size_t i = 0; i < names.size(); ++i) labels.push_back({names[i], values[i]});
@@ -157,24 +158,25 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
     while (derived > evicted && !evicted_high_water_.compare_exchange_weak(evicted, derived)) {
     }
     evicted = std::max(evicted, derived);
-    auto evictions = MakeFamily("kpulse_tcp_flows_evicted_total",
-                            "Flow series evicted from the full flow map (their counts remain in "
-                            "the node and cgroup totals).",
-                            MetricType::Counter);
+    auto evictions =
+        MakeFamily("kpulse_tcp_flows_evicted_total",
+                   "Flow series evicted from the full flow map (their counts remain in "
+                   "the node and cgroup totals).",
+                   MetricType::Counter);
     AddSample(evictions, {}, static_cast<double>(evicted));
     families.push_back(std::move(evictions));
     auto failures = MakeFamily("kpulse_tcp_flow_insert_failures_total",
-                           "Retransmits whose flow entry could not be inserted (counted in the "
-                           "node and cgroup totals only).",
-                           MetricType::Counter);
+                               "Retransmits whose flow entry could not be inserted (counted in the "
+                               "node and cgroup totals only).",
+                               MetricType::Counter);
     AddSample(failures, {}, static_cast<double>(totals.flow_update_failures));
     families.push_back(std::move(failures));
   }
 
   auto entries = MakeFamily("kpulse_bpf_map_entries", "Entries in a kpulse BPF map at scrape time.",
-                        MetricType::Gauge);
-  auto capacity = MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.",
-                         MetricType::Gauge);
+                            MetricType::Gauge);
+  auto capacity =
+      MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.", MetricType::Gauge);
   AddSample(entries, {{"map", "retrans_cgroups"}}, static_cast<double>(snapshot->cgroups.size()));
   AddSample(capacity, {{"map", "retrans_cgroups"}}, snapshot->cgroup_capacity);
   if (config_.flow_labels != FlowLabels::kNone) {

@@ -1,14 +1,14 @@
 #pragma once
 
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <prometheus/collectable.h>
-#include <prometheus/metric_family.h>
 
 #include "bpf/retrans_probe.h"
 #include "collect/cgroup_label.h"
@@ -32,8 +32,7 @@ std::string_view RetransKindName(uint32_t kind);  // "syn" | "synack" | "data" |
 /// Does not own `source`; the source must outlive the collector.
 class RetransCollector : public prometheus::Collectable {
  public:
-  RetransCollector(const RetransSource& source, CgroupPathLookup cgroup_path,
-                   RetransConfig config);
+  RetransCollector(const RetransSource& source, CgroupPathLookup cgroup_path, RetransConfig config);
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:

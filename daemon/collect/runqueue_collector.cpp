@@ -90,8 +90,8 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
                             MetricType::Gauge);
   AddSample(entries, {{"map", "runq_hists"}}, static_cast<double>(snapshot->hists.size()));
   families.push_back(std::move(entries));
-  auto capacity = MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.",
-                             MetricType::Gauge);
+  auto capacity =
+      MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.", MetricType::Gauge);
   AddSample(capacity, {{"map", "runq_hists"}}, snapshot->capacity);
   families.push_back(std::move(capacity));
 

@@ -1,13 +1,13 @@
 #pragma once
 
-#include <atomic>
-
 #include <prometheus/client_metric.h>
 #include <prometheus/collectable.h>
 
+#include <atomic>
+
 #include "bpf/sched_probe.h"
-#include "collect/read_errors.h"
 #include "collect/cgroup_label.h"
+#include "collect/read_errors.h"
 #include "config/config.h"
 
 namespace kpulse {

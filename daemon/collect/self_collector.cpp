@@ -15,14 +15,16 @@ std::vector<prometheus::MetricFamily> SelfCollector::Collect() const {
   uname(&uts);
   auto build = MakeFamily("kpulse_build_info", "kpulse build and runtime versions; always 1.",
                           prometheus::MetricType::Gauge);
-  AddSample(build,
+  AddSample(
+      build,
       {{"version", kVersion}, {"libbpf_version", libbpf_version_string()}, {"kernel", uts.release}},
       1);
 
   auto up = MakeFamily("kpulse_probe_up", "1 if the probe is loaded and attached, 0 if it failed.",
                        prometheus::MetricType::Gauge);
-  auto info = MakeFamily("kpulse_probe_info", "The hook variant each attached probe runs; always 1.",
-                          prometheus::MetricType::Gauge);
+  auto info =
+      MakeFamily("kpulse_probe_info", "The hook variant each attached probe runs; always 1.",
+                 prometheus::MetricType::Gauge);
   for (const ProbeStatus& status : probes_) {
     AddSample(up, {{"probe", status.probe}}, status.up ? 1 : 0);
     if (status.up) AddSample(info, {{"probe", status.probe}, {"hook", status.hook}}, 1);

@@ -1,9 +1,9 @@
 #pragma once
 
+#include <prometheus/collectable.h>
+
 #include <string>
 #include <vector>
-
-#include <prometheus/collectable.h>
 
 namespace kpulse {
 

@@ -251,9 +251,9 @@ class Parser {
     const OffcpuConfig& offcpu = config.offcpu;
     if (offcpu_hook && runq.enabled && offcpu.enabled && runq.hook != SchedHook::kAuto &&
         offcpu.hook != SchedHook::kAuto && runq.hook != offcpu.hook) {
-      Fail(*offcpu_hook,
-           "must equal probes.runqueue_latency.hook (" + std::string(ToString(runq.hook)) +
-               ") or be auto: both probes share one sched_switch program");
+      Fail(*offcpu_hook, "must equal probes.runqueue_latency.hook (" +
+                             std::string(ToString(runq.hook)) +
+                             ") or be auto: both probes share one sched_switch program");
     }
   }
 
@@ -289,16 +289,16 @@ class Parser {
   }
 
   void ParseRunqueue(const Value& v, RunqueueConfig& runq) const {
-    ParseMap(v, {
-                    {"enabled", [&](const Value& c) { runq.enabled = ParseBool(c); }},
-                    {"required", [&](const Value& c) { runq.required = ParseBool(c); }},
-                    {"hook", [&](const Value& c) { runq.hook = ParseEnum(c, kSchedHookNames); }},
-                    {"max_cgroups",
-                     [&](const Value& c) { runq.max_cgroups = ParseUint(c, 16, 1048576); }},
-                    {"max_tasks",
-                     [&](const Value& c) { runq.max_tasks = ParseUint(c, 1024, 4194304); }},
-                    {"per_cpu", [&](const Value& c) { runq.per_cpu = ParseBool(c); }},
-                });
+    ParseMap(
+        v,
+        {
+            {"enabled", [&](const Value& c) { runq.enabled = ParseBool(c); }},
+            {"required", [&](const Value& c) { runq.required = ParseBool(c); }},
+            {"hook", [&](const Value& c) { runq.hook = ParseEnum(c, kSchedHookNames); }},
+            {"max_cgroups", [&](const Value& c) { runq.max_cgroups = ParseUint(c, 16, 1048576); }},
+            {"max_tasks", [&](const Value& c) { runq.max_tasks = ParseUint(c, 1024, 4194304); }},
+            {"per_cpu", [&](const Value& c) { runq.per_cpu = ParseBool(c); }},
+        });
   }
 
   void ParseRetrans(const Value& v, RetransConfig& retrans) const {

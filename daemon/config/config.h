@@ -61,9 +61,10 @@ struct RunqueueConfig {
   bool enabled = true;
   bool required = false;
   SchedHook hook = SchedHook::kAuto;
-  uint32_t max_cgroups = 4096;  // 16..1048576: histogram entries (one per cgroup, x CPUs if per_cpu).
-  uint32_t max_tasks = 65536;   // 1024..4194304: runnable-task timestamps (wakeup hook only).
-  bool per_cpu = false;         // Add a `cpu` label: one histogram per cgroup and CPU.
+  uint32_t max_cgroups =
+      4096;  // 16..1048576: histogram entries (one per cgroup, x CPUs if per_cpu).
+  uint32_t max_tasks = 65536;  // 1024..4194304: runnable-task timestamps (wakeup hook only).
+  bool per_cpu = false;        // Add a `cpu` label: one histogram per cgroup and CPU.
 };
 
 /// Off-CPU stacks (YAML `probes.offcpu.stacks`): blocked time by kernel + user stack, served as
@@ -101,7 +102,7 @@ struct Config {
   std::string source;  // The file it came from (or the source name given to ParseConfig).
   spdlog::level::level_enum log_level = spdlog::level::info;  // YAML: trace|debug|info|warn|error.
   HttpConfig http;
-  RetransConfig tcp_retransmit;  // YAML `probes.tcp_retransmit`.
+  RetransConfig tcp_retransmit;     // YAML `probes.tcp_retransmit`.
   RunqueueConfig runqueue_latency;  // YAML `probes.runqueue_latency`.
   OffcpuConfig offcpu;              // YAML `probes.offcpu`.
   // Kernel BPF run-time statistics (run_time_ns) while kpulse runs, for the

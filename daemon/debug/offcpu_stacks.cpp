@@ -41,8 +41,8 @@ HttpResponse TextResponse(unsigned status, std::string body) {
   return HttpResponse{status, "text/plain; charset=utf-8", std::move(body)};
 }
 
-using StackTotals = std::map<std::tuple<uint64_t, uint32_t, uint32_t, int32_t, int32_t>,
-                             OffcpuStack>;
+using StackTotals =
+    std::map<std::tuple<uint64_t, uint32_t, uint32_t, int32_t, int32_t>, OffcpuStack>;
 
 StackTotals ByKey(std::vector<OffcpuStack> stacks) {
   StackTotals totals;
@@ -111,7 +111,8 @@ HttpResponse OffcpuStacksEndpoint::Render(const HttpRequest& request) const {
         return TextResponse(400, "seconds must be an integer from 1 to 60\n");
       }
     } else {
-      return TextResponse(400, "unknown parameter '" + name + "' (known: cgroup, state, seconds)\n");
+      return TextResponse(400,
+                          "unknown parameter '" + name + "' (known: cgroup, state, seconds)\n");
     }
   }
 

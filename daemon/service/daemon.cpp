@@ -1,9 +1,9 @@
 #include "service/daemon.h"
 
+#include <bpf/bpf.h>
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <bpf/bpf.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -17,11 +17,11 @@
 #include "bpf/sched_probe.h"
 #include "cgroup/cgroup_resolver.h"
 #include "collect/bpf_program_collector.h"
-#include "collect/retrans_collector.h"
 #include "collect/offcpu_collector.h"
+#include "collect/retrans_collector.h"
 #include "collect/runqueue_collector.h"
-#include "debug/offcpu_stacks.h"
 #include "collect/self_collector.h"
+#include "debug/offcpu_stacks.h"
 #include "http/http_server.h"
 #include "http/metrics_handler.h"
 #include "service/systemd_notify.h"
@@ -141,8 +141,7 @@ int RunDaemon(const Config& config) {
 
   const UniqueFd bpf_stats = HoldBpfStats(config.bpf_stats);
   std::vector<const bpf_object*> objects;
-  auto retrans =
-      StartProbe<RetransProbe>("tcp_retransmit", config.tcp_retransmit, statuses);
+  auto retrans = StartProbe<RetransProbe>("tcp_retransmit", config.tcp_retransmit, statuses);
   if (retrans) {
     metrics.Add(std::make_shared<RetransCollector>(*retrans, cgroup_path, config.tcp_retransmit));
     objects.push_back(retrans->object());
@@ -156,8 +155,8 @@ int RunDaemon(const Config& config) {
     }
     if (config.offcpu.enabled) {
       metrics.Add(std::make_shared<OffcpuCollector>(*sched, cgroup_path));
-      offcpu_stacks = std::make_unique<OffcpuStacksEndpoint>(
-          *sched, config.offcpu.stacks.enabled, cgroup_path);
+      offcpu_stacks =
+          std::make_unique<OffcpuStacksEndpoint>(*sched, config.offcpu.stacks.enabled, cgroup_path);
     }
     objects.push_back(sched->object());
   }
@@ -169,13 +168,16 @@ int RunDaemon(const Config& config) {
   options.connection_timeout_seconds = config.http.connection_timeout_seconds;
   options.max_connections = config.http.max_connections;
   HttpServer server(std::move(options));
-  server.Route("/metrics", [&metrics](const HttpRequest& request) { return metrics.Render(request); });
+  server.Route("/metrics",
+               [&metrics](const HttpRequest& request) { return metrics.Render(request); });
   if (offcpu_stacks) {
     server.Route("/debug/offcpu", [&offcpu_stacks](const HttpRequest& request) {
       return offcpu_stacks->Render(request);
     });
   }
-  server.Route("/healthz", [](const HttpRequest&) { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; });
+  server.Route("/healthz", [](const HttpRequest&) {
+    return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"};
+  });
   server.Route("/", [](const HttpRequest&) {
     return HttpResponse{200, "text/html; charset=utf-8",
                         "<html><head><title>kpulse</title></head><body><h1>kpulse</h1>"
@@ -193,9 +195,8 @@ int RunDaemon(const Config& config) {
   }
   size_t up = 0;
   for (const auto& status : statuses) up += status.up ? 1 : 0;
-  const std::string status_line = "serving /metrics on " + listening + "; " +
-                                  std::to_string(up) + "/" + std::to_string(statuses.size()) +
-                                  " probes attached";
+  const std::string status_line = "serving /metrics on " + listening + "; " + std::to_string(up) +
+                                  "/" + std::to_string(statuses.size()) + " probes attached";
   spdlog::info("{}", status_line);
   systemd.Ready(status_line);
 
@@ -209,8 +210,9 @@ int RunDaemon(const Config& config) {
       break;
     }
     if (signal == SIGHUP) {
-      spdlog::warn("SIGHUP: configuration reload is not supported yet; restart kpulse to apply "
-                   "changes");
+      spdlog::warn(
+          "SIGHUP: configuration reload is not supported yet; restart kpulse to apply "
+          "changes");
     }
   }
   systemd.Stopping();

@@ -1,5 +1,7 @@
 #include "symbolize/kernel_symbols.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -8,8 +10,6 @@
 #include <limits>
 #include <string_view>
 #include <utility>
-
-#include <spdlog/spdlog.h>
 
 namespace kpulse {
 namespace {

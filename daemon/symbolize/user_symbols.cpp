@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,8 +15,6 @@
 #include <limits>
 #include <optional>
 #include <string_view>
-
-#include <spdlog/spdlog.h>
 
 #include "util/unique_fd.h"
 

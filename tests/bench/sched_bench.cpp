@@ -1,14 +1,15 @@
 // Scheduler probe overhead: a two-process pipe ping-pong pinned to one CPU (about a million
 // context switches per second) run alternately with no probe (baseline) and with each scheduler
-// probe configuration, reporting throughput ratios against the baseline of the same invocation, and the BPF
-// cost per program run and per context switch (kernel BPF stats, enabled only for those rounds).
+// probe configuration, reporting throughput ratios against the baseline of the same invocation, and
+// the BPF cost per program run and per context switch (kernel BPF stats, enabled only for those
+// rounds).
 //
 // usage: kpulse_sched_bench [rounds=5] [seconds_per_round=1]   (root)
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <spdlog/spdlog.h>
 #include <sched.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -137,8 +138,8 @@ int main(int argc, char** argv) {
 
   std::printf("ping-pong on CPU %d, %d alternating rounds of %.1f s, medians\n", cpu, rounds,
               seconds);
-  std::printf("%-24s %14s %8s %14s %16s\n", "variant", "round trips/s", "ratio",
-              "ns/program run", "ns/ctx switch");
+  std::printf("%-24s %14s %8s %14s %16s\n", "variant", "round trips/s", "ratio", "ns/program run",
+              "ns/ctx switch");
   std::printf("%-24s %14.0f %8.3f %14s %16s\n", "baseline", baseline, 1.0, "-", "-");
   for (const auto& [name, variant] : variants) {
     // Cost per run from kernel BPF stats, in a separate round (stats add their own clock reads).

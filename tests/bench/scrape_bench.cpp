@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <prometheus/text_serializer.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -29,8 +30,6 @@
 #include "collect/retrans_collector.h"
 #include "collect/runqueue_collector.h"
 #include "http/metrics_handler.h"
-
-#include <prometheus/text_serializer.h>
 
 namespace {
 
@@ -195,8 +194,7 @@ int main(int argc, char** argv) {
     const std::string text = prometheus::TextSerializer().Serialize(families);
     const double serialize_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::printf("one scrape split: collect %.1f ms, serialise %.1f ms\n", collect_ms,
-                serialize_ms);
+    std::printf("one scrape split: collect %.1f ms, serialise %.1f ms\n", collect_ms, serialize_ms);
   }
 
   std::vector<double> millis;

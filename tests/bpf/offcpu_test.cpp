@@ -5,8 +5,8 @@
 #include <gtest/gtest.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,8 +26,7 @@ extern "C" __attribute__((noinline)) long kpulse_test_blocked_in_known_function(
   long result;
   asm volatile("syscall"
                : "=a"(result)
-               : "0"(static_cast<long>(SYS_read)), "D"(static_cast<long>(fd)), "S"(&byte),
-                 "d"(1L)
+               : "0"(static_cast<long>(SYS_read)), "D"(static_cast<long>(fd)), "S"(&byte), "d"(1L)
                : "rcx", "r11", "memory");
   return result;
 }

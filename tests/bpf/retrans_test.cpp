@@ -136,10 +136,13 @@ TEST_P(RetransProbeTest, SynRetransmitsMatchTcpSynRetransAndOwnerCgroup) {
   EXPECT_EQ(flows_in_ns, 1u);
 
   // And the collector turns the owner's cgroup id into its path.
-  RetransCollector collector(*probe, [&](uint64_t id) -> std::optional<std::string> {
-    if (id == cgroup.id()) return cgroup.path();
-    return std::nullopt;
-  }, RetransConfig{});
+  RetransCollector collector(
+      *probe,
+      [&](uint64_t id) -> std::optional<std::string> {
+        if (id == cgroup.id()) return cgroup.path();
+        return std::nullopt;
+      },
+      RetransConfig{});
   bool found = false;
   for (const auto& family : collector.Collect()) {
     if (family.name != "kpulse_tcp_cgroup_retransmits_total") continue;
@@ -366,8 +369,7 @@ TEST_P(RetransProbeTest, BoundedFlowMapKeepsTotalsExactAndCountsEvictions) {
   const uint64_t kernel_syn = after.syn_retrans - before.syn_retrans;
   EXPECT_EQ(kernel_syn, static_cast<uint64_t>(kFlows)) << "one retransmit per connect (setup)";
   EXPECT_EQ(CgroupSums(snapshot, cgroup.id()).syn, kernel_syn);
-  EXPECT_EQ(NodeTotal(snapshot),
-            kernel_syn + (host_after.retrans_segs - host_before.retrans_segs));
+  EXPECT_EQ(NodeTotal(snapshot), kernel_syn + (host_after.retrans_segs - host_before.retrans_segs));
   EXPECT_LE(snapshot.flows.size(), 16u);
   // Each of the kFlows distinct flows was inserted exactly once: live + evicted == kFlows.
   EXPECT_EQ(snapshot.totals.flows_created, static_cast<uint64_t>(kFlows));
@@ -378,8 +380,8 @@ TEST_P(RetransProbeTest, BoundedFlowMapKeepsTotalsExactAndCountsEvictions) {
 INSTANTIATE_TEST_SUITE_P(BothHooks, RetransProbeTest,
                          ::testing::Values(RetransHook::kTpBtf, RetransHook::kTracepoint),
                          [](const auto& param_info) {
-                           return std::string(param_info.param == RetransHook::kTpBtf ? "tp_btf"
-                                                                                : "tracepoint");
+                           return std::string(
+                               param_info.param == RetransHook::kTpBtf ? "tp_btf" : "tracepoint");
                          });
 
 }  // namespace

@@ -48,8 +48,8 @@ std::string Shell(const std::string& command) {
   while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
   const int status = pclose(pipe);
   if (status != 0) {
-    throw std::runtime_error("command failed (" + std::to_string(status) + "): " + command +
-                             "\n" + output);
+    throw std::runtime_error("command failed (" + std::to_string(status) + "): " + command + "\n" +
+                             output);
   }
   return output;
 }
@@ -61,7 +61,8 @@ NetNs::NetNs(const std::string& tag) : name_(UniqueName(tag)) {
 
 NetNs::~NetNs() {
   std::string ignored = "ip netns del " + name_ + " >/dev/null 2>&1";
-  if (std::system(ignored.c_str()) != 0) std::fprintf(stderr, "cleanup: %s failed\n", ignored.c_str());
+  if (std::system(ignored.c_str()) != 0)
+    std::fprintf(stderr, "cleanup: %s failed\n", ignored.c_str());
 }
 
 uint32_t NetNs::inode() const {
@@ -90,8 +91,8 @@ void NetNs::Nft(const std::string& ruleset) const {
   char file[] = "/tmp/kpulse-nft-XXXXXX";
   const int fd = mkstemp(file);
   if (fd < 0) throw std::runtime_error("mkstemp failed");
-  const bool written = write(fd, ruleset.data(), ruleset.size()) ==
-                       static_cast<ssize_t>(ruleset.size());
+  const bool written =
+      write(fd, ruleset.data(), ruleset.size()) == static_cast<ssize_t>(ruleset.size());
   close(fd);
   try {
     if (!written) throw std::runtime_error("writing nft ruleset failed");
@@ -204,9 +205,15 @@ namespace {
 
 std::string NftDrop(const std::string& hook, const std::string& match) {
   return "table inet kpulse_test {\n"
-         "  chain " + hook + " {\n"
-         "    type filter hook " + hook + " priority 0; policy accept;\n"
-         "    " + match + " drop\n"
+         "  chain " +
+         hook +
+         " {\n"
+         "    type filter hook " +
+         hook +
+         " priority 0; policy accept;\n"
+         "    " +
+         match +
+         " drop\n"
          "  }\n"
          "}\n";
 }
@@ -280,8 +287,7 @@ int ConnectMany(const std::string& addr, uint16_t port, int count, int timeout_m
   for (int i = 0; i < count; ++i) {
     const int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) return -1;
-    if (connect(fd, reinterpret_cast<sockaddr*>(&storage), length) != 0 &&
-        errno != EINPROGRESS) {
+    if (connect(fd, reinterpret_cast<sockaddr*>(&storage), length) != 0 && errno != EINPROGRESS) {
       return -1;
     }
     fds.push_back({fd, POLLOUT, 0});

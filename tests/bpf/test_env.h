@@ -61,7 +61,7 @@ class TestCgroup {
   TestCgroup(const TestCgroup&) = delete;
   TestCgroup& operator=(const TestCgroup&) = delete;
 
-  uint64_t id() const { return id_; }               // cgroup v2 id == directory inode
+  uint64_t id() const { return id_; }                // cgroup v2 id == directory inode
   const std::string& path() const { return path_; }  // relative to the cgroup2 root
   const std::string& dir() const { return dir_; }    // absolute directory
 

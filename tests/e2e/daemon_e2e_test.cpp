@@ -2,6 +2,7 @@
 // scraped over HTTP, checked by promtool and by a real Prometheus server, and compared with the
 // kernel's counters of a namespace in which a SYN storm is generated.
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,8 +13,6 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <bpf/bpf.h>
 
 #include <chrono>
 #include <cstdio>
@@ -177,7 +176,8 @@ std::string HttpGet(const std::string& host, uint16_t port, const std::string& t
     (void)!write(fd, request.data(), request.size());
     char buffer[65536];
     ssize_t n;
-    while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
+    while ((n = read(fd, buffer, sizeof(buffer))) > 0)
+      response.append(buffer, static_cast<size_t>(n));
   }
   close(fd);
   const auto body = response.find("\r\n\r\n");
@@ -295,8 +295,8 @@ TEST_F(DaemonE2eTest, SynStormInANamespaceEqualsItsTcpSynRetransOverHttp) {
   ns.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0");
   ns.Sysctl("net.ipv4.tcp_syn_retries", "1");
   ns.Nft(test::NftDropInput("tcp dport 7000 tcp flags & (syn|ack) == syn"));
-  const uint16_t port = StartDaemon(std::string(kBaseConfig) +
-                                    "probes:\n  tcp_retransmit:\n    netns_label: true\n");
+  const uint16_t port =
+      StartDaemon(std::string(kBaseConfig) + "probes:\n  tcp_retransmit:\n    netns_label: true\n");
   ASSERT_NE(port, 0);
 
   const test::TcpCounters before = test::ReadTcpCounters(&ns);
@@ -305,10 +305,9 @@ TEST_F(DaemonE2eTest, SynStormInANamespaceEqualsItsTcpSynRetransOverHttp) {
   const test::TcpCounters after = test::ReadTcpCounters(&ns);
 
   const std::string page = HttpGet("127.0.0.1", port, "/metrics");
-  const double scraped =
-      SumSamples(page, "kpulse_tcp_flow_retransmits_total",
-                 {"netns=\"" + std::to_string(ns.inode()) + "\"", "kind=\"syn\"",
-                  "rport=\"7000\"", "lport=\"0\""});
+  const double scraped = SumSamples(page, "kpulse_tcp_flow_retransmits_total",
+                                    {"netns=\"" + std::to_string(ns.inode()) + "\"", "kind=\"syn\"",
+                                     "rport=\"7000\"", "lport=\"0\""});
   EXPECT_EQ(after.syn_retrans - before.syn_retrans, 20u) << "setup: 20 connects x 1 retry";
   EXPECT_EQ(scraped, static_cast<double>(after.syn_retrans - before.syn_retrans)) << page;
 }
@@ -340,8 +339,7 @@ TEST_F(DaemonE2eTest, RealPrometheusScrapesTheTargetUp) {
 }
 
 TEST_F(DaemonE2eTest, ServesIpv4AndIpv6Together) {
-  const uint16_t port = StartDaemon(
-      "http:\n  listen_addresses: [\"127.0.0.1:0\", \"[::1]:0\"]\n");
+  const uint16_t port = StartDaemon("http:\n  listen_addresses: [\"127.0.0.1:0\", \"[::1]:0\"]\n");
   ASSERT_NE(port, 0);
   std::smatch match;
   ASSERT_TRUE(std::regex_search(status_, match, std::regex(R"(\[::1\]:(\d+))"))) << status_;
@@ -385,8 +383,8 @@ TEST_F(DaemonE2eTest, DebugOffcpuServesFoldedStacksOnlyWhenEnabled) {
 }
 
 TEST_F(DaemonE2eTest, TracepointFallbackForcedByConfig) {
-  const uint16_t port = StartDaemon(std::string(kBaseConfig) +
-                                    "probes:\n  tcp_retransmit:\n    hook: tracepoint\n");
+  const uint16_t port =
+      StartDaemon(std::string(kBaseConfig) + "probes:\n  tcp_retransmit:\n    hook: tracepoint\n");
   ASSERT_NE(port, 0);
   EXPECT_THAT(HttpGet("127.0.0.1", port, "/metrics"),
               HasSubstr("kpulse_probe_info{probe=\"tcp_retransmit\",hook=\"tracepoint\"} 1"));
@@ -394,8 +392,8 @@ TEST_F(DaemonE2eTest, TracepointFallbackForcedByConfig) {
 
 // Command line: no root needed.
 TEST(KpulseCommandLine, CheckConfigAcceptsTheShippedConfig) {
-  const RunResult result =
-      RunCommand(std::string(KPULSE_BINARY) + " --check-config " KPULSE_SOURCE_DIR "/config/kpulse.yaml");
+  const RunResult result = RunCommand(std::string(KPULSE_BINARY) +
+                                      " --check-config " KPULSE_SOURCE_DIR "/config/kpulse.yaml");
   EXPECT_EQ(result.exit_code, 0) << result.output;
 }
 
@@ -403,7 +401,8 @@ TEST(KpulseCommandLine, CheckConfigRejectsABadValueWithFileLineAndKey) {
   TempDir dir;
   const fs::path bad = dir.path() / "bad.yaml";
   std::ofstream(bad) << "probes:\n  tcp_retransmit:\n    max_flows: 0\n";
-  const RunResult result = RunCommand(std::string(KPULSE_BINARY) + " --check-config " + bad.string());
+  const RunResult result =
+      RunCommand(std::string(KPULSE_BINARY) + " --check-config " + bad.string());
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_THAT(result.output, HasSubstr(bad.string() + ":3:"));
   EXPECT_THAT(result.output, HasSubstr("probes.tcp_retransmit.max_flows"));
@@ -411,7 +410,8 @@ TEST(KpulseCommandLine, CheckConfigRejectsABadValueWithFileLineAndKey) {
 }
 
 TEST(KpulseCommandLine, MissingConfigFileIsAnErrorNamingThePath) {
-  const RunResult result = RunCommand(std::string(KPULSE_BINARY) + " --config /nonexistent/kpulse.yaml");
+  const RunResult result =
+      RunCommand(std::string(KPULSE_BINARY) + " --config /nonexistent/kpulse.yaml");
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_THAT(result.output, HasSubstr("/nonexistent/kpulse.yaml"));
 }

@@ -1,5 +1,6 @@
 #include "cgroup/cgroup_resolver.h"
 
+#include <gtest/gtest.h>
 #include <linux/capability.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -15,8 +16,6 @@
 #include <system_error>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace kpulse {
 namespace {

@@ -206,9 +206,8 @@ TEST(ConfigParse, OffcpuFields) {
 
 TEST(ConfigErrors, SchedulerProbesMustNotNameDifferentHooks) {
   try {
-    ParseConfig(
-        "probes:\n  runqueue_latency:\n    hook: sched_info\n  offcpu:\n    hook: wakeup\n",
-        kSource);
+    ParseConfig("probes:\n  runqueue_latency:\n    hook: sched_info\n  offcpu:\n    hook: wakeup\n",
+                kSource);
     FAIL() << "no error";
   } catch (const ConfigError& e) {
     EXPECT_STREQ(e.what(),
@@ -381,7 +380,8 @@ TEST(ConfigErrors, UnknownHttpKey) {
 
 TEST(ConfigErrors, UnknownProbe) {
   EXPECT_EQ(ErrorOf("probes:\n  runqlat: {}\n"),
-            "test.yaml:2:3: probes.runqlat: unknown key (known: tcp_retransmit, runqueue_latency, offcpu)");
+            "test.yaml:2:3: probes.runqlat: unknown key (known: tcp_retransmit, runqueue_latency, "
+            "offcpu)");
 }
 
 TEST(ConfigErrors, UnknownRetransKey) {

@@ -547,11 +547,19 @@ TEST(MetricsEndpoint, RendersFamiliesOfEveryCollectable) {
 
 TEST(MetricsEndpoint, MergesSameNamedFamiliesFromTwoCollectables) {
   auto first = std::make_shared<prometheus::Registry>();
-  prometheus::BuildGauge().Name("kpulse_test_map_entries").Help("Entries.").Register(*first)
-      .Add({{"map", "a"}}).Set(1);
+  prometheus::BuildGauge()
+      .Name("kpulse_test_map_entries")
+      .Help("Entries.")
+      .Register(*first)
+      .Add({{"map", "a"}})
+      .Set(1);
   auto second = std::make_shared<prometheus::Registry>();
-  prometheus::BuildGauge().Name("kpulse_test_map_entries").Help("Entries.").Register(*second)
-      .Add({{"map", "b"}}).Set(2);
+  prometheus::BuildGauge()
+      .Name("kpulse_test_map_entries")
+      .Help("Entries.")
+      .Register(*second)
+      .Add({{"map", "b"}})
+      .Set(2);
   MetricsEndpoint metrics;
   metrics.Add(first);
   metrics.Add(second);

@@ -1,9 +1,9 @@
 #include "util/label_value.h"
 
+#include <gtest/gtest.h>
+
 #include <random>
 #include <string>
-
-#include <gtest/gtest.h>
 
 namespace kpulse {
 namespace {

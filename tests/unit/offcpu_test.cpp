@@ -15,9 +15,7 @@ using ::testing::Not;
 
 class FakeOffcpuSource : public OffcpuSource {
  public:
-  tl::expected<OffcpuSnapshot, std::string> OffcpuSnapshotNow() const override {
-    return snapshot;
-  }
+  tl::expected<OffcpuSnapshot, std::string> OffcpuSnapshotNow() const override { return snapshot; }
   tl::expected<std::vector<OffcpuStack>, std::string> OffcpuStacksNow() const override {
     // Each call returns the next prepared reading (the last one repeats).
     const size_t index = std::min(calls_++, stacks.size() - 1);
@@ -118,9 +116,7 @@ TEST(FoldOffcpuStacks, SeparatorsInsideNamesAreReplaced) {
   const FoldedStacks folded = FoldOffcpuStacks(
       {Stack(1, 7, OFFCPU_SLEEP, 1000, {}, {0x1})}, [](uint32_t) { return std::string("a;b"); },
       [](const std::vector<uint64_t>&) { return std::vector<std::string>{}; },
-      [](uint32_t, const std::vector<uint64_t>&) {
-        return std::vector<std::string>{"f;g\nh"};
-      });
+      [](uint32_t, const std::vector<uint64_t>&) { return std::vector<std::string>{"f;g\nh"}; });
   EXPECT_EQ(folded.begin()->first, "a:b;f:g h");
 }
 
@@ -148,8 +144,7 @@ TEST(OffcpuStacksEndpoint, FiltersByCgroupAndState) {
                     Stack(1, 3, OFFCPU_DISK, 4000000, {}, {})}};
   OffcpuStacksEndpoint endpoint(source, true, Paths({{1, "/a"}, {2, "/b"}}));
   const std::string body =
-      endpoint.Render({"GET", "/debug/offcpu", {{"cgroup", "/a"}, {"state", "sleep"}}, false})
-          .body;
+      endpoint.Render({"GET", "/debug/offcpu", {{"cgroup", "/a"}, {"state", "sleep"}}, false}).body;
   EXPECT_THAT(body, HasSubstr(" 1000\n"));
   EXPECT_THAT(body, Not(HasSubstr(" 2000\n")));
   EXPECT_THAT(body, Not(HasSubstr(" 4000\n")));
@@ -157,9 +152,9 @@ TEST(OffcpuStacksEndpoint, FiltersByCgroupAndState) {
 
 TEST(OffcpuStacksEndpoint, SecondsWindowShowsOnlyWhatAccumulatedDuringIt) {
   FakeOffcpuSource source;
-  source.stacks = {{Stack(1, 1, OFFCPU_SLEEP, 5000000, {}, {})},
-                   {Stack(1, 1, OFFCPU_SLEEP, 7000000, {}, {}),
-                    Stack(1, 2, OFFCPU_SLEEP, 1000000, {}, {})}};
+  source.stacks = {
+      {Stack(1, 1, OFFCPU_SLEEP, 5000000, {}, {})},
+      {Stack(1, 1, OFFCPU_SLEEP, 7000000, {}, {}), Stack(1, 2, OFFCPU_SLEEP, 1000000, {}, {})}};
   OffcpuStacksEndpoint endpoint(source, true, Paths({}));
   const std::string body =
       endpoint.Render({"GET", "/debug/offcpu", {{"seconds", "1"}}, false}).body;

@@ -125,9 +125,9 @@ TEST(RetransCollector, NodeTotalsPerKindFromPerCpuSums) {
   source.snapshot.totals.segments[RETRANS_KIND_SYNACK] = 3;
   source.snapshot.totals.segments[RETRANS_KIND_DATA] = 250;
   RetransCollector collector(source, Paths({}), RetransConfig{});
-  EXPECT_THAT(Collect(collector)["kpulse_tcp_retransmits_total"],
-              UnorderedElementsAre(Pair("kind=syn", 14), Pair("kind=synack", 3),
-                                   Pair("kind=data", 250)));
+  EXPECT_THAT(
+      Collect(collector)["kpulse_tcp_retransmits_total"],
+      UnorderedElementsAre(Pair("kind=syn", 14), Pair("kind=synack", 3), Pair("kind=data", 250)));
 }
 
 TEST(RetransCollector, FailuresOnlyWhenTheKernelReportsThem) {
@@ -161,9 +161,9 @@ TEST(RetransCollector, CgroupMapOverflowIsAnOtherSeriesSoSumsMatchTotals) {
   source.snapshot.totals.cgroup_overflow[RETRANS_KIND_SYN] = 4;
   source.snapshot.cgroups = {{{100, RETRANS_KIND_SYN, 0}, {6}}};
   RetransCollector collector(source, Paths({{100, "/a"}}), RetransConfig{});
-  EXPECT_THAT(Collect(collector)["kpulse_tcp_cgroup_retransmits_total"],
-              UnorderedElementsAre(Pair("cgroup=/a,kind=syn", 6),
-                                   Pair("cgroup=<other>,kind=syn", 4)));
+  EXPECT_THAT(
+      Collect(collector)["kpulse_tcp_cgroup_retransmits_total"],
+      UnorderedElementsAre(Pair("cgroup=/a,kind=syn", 6), Pair("cgroup=<other>,kind=syn", 4)));
 }
 
 TEST(RetransCollector, InvalidUtf8CgroupPathIsSanitised) {
