@@ -34,4 +34,25 @@ inline void AddSample(prometheus::MetricFamily& family,
   family.metric.push_back(std::move(metric));
 }
 
+/// Fill of one kpulse BPF map, for the shared kpulse_bpf_map_{entries,capacity} families.
+struct MapFill {
+  std::string map;
+  size_t entries;
+  uint32_t capacity;
+};
+
+/// kpulse_bpf_map_entries and kpulse_bpf_map_capacity for `maps`. Several collectors report into
+/// these families; the /metrics endpoint merges families of the same name.
+inline std::vector<prometheus::MetricFamily> MapFillFamilies(const std::vector<MapFill>& maps) {
+  auto entries = MakeFamily("kpulse_bpf_map_entries", "Entries in a kpulse BPF map at scrape time.",
+                            prometheus::MetricType::Gauge);
+  auto capacity = MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.",
+                             prometheus::MetricType::Gauge);
+  for (const MapFill& fill : maps) {
+    AddSample(entries, {{"map", fill.map}}, static_cast<double>(fill.entries));
+    AddSample(capacity, {{"map", fill.map}}, fill.capacity);
+  }
+  return {std::move(entries), std::move(capacity)};
+}
+
 }  // namespace kpulse

@@ -74,14 +74,10 @@ std::vector<MetricFamily> OffcpuCollector::Collect() const {
   families.push_back(std::move(seconds));
   families.push_back(std::move(durations));
 
-  auto entries = MakeFamily("kpulse_bpf_map_entries", "Entries in a kpulse BPF map at scrape time.",
-                            MetricType::Gauge);
-  AddSample(entries, {{"map", "offcpu_hists"}}, static_cast<double>(snapshot->hists.size()));
-  families.push_back(std::move(entries));
-  auto capacity =
-      MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.", MetricType::Gauge);
-  AddSample(capacity, {{"map", "offcpu_hists"}}, snapshot->capacity);
-  families.push_back(std::move(capacity));
+  for (auto& family :
+       MapFillFamilies({{"offcpu_hists", snapshot->hists.size(), snapshot->capacity}})) {
+    families.push_back(std::move(family));
+  }
 
   auto start_drops = MakeFamily("kpulse_offcpu_start_drops_total",
                                 "wakeup hook: blocked threads whose interval could not be timed "

@@ -173,18 +173,12 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
     families.push_back(std::move(failures));
   }
 
-  auto entries = MakeFamily("kpulse_bpf_map_entries", "Entries in a kpulse BPF map at scrape time.",
-                            MetricType::Gauge);
-  auto capacity =
-      MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.", MetricType::Gauge);
-  AddSample(entries, {{"map", "retrans_cgroups"}}, static_cast<double>(snapshot->cgroups.size()));
-  AddSample(capacity, {{"map", "retrans_cgroups"}}, snapshot->cgroup_capacity);
+  std::vector<MapFill> fills = {
+      {"retrans_cgroups", snapshot->cgroups.size(), snapshot->cgroup_capacity}};
   if (config_.flow_labels != FlowLabels::kNone) {
-    AddSample(entries, {{"map", "retrans_flows"}}, static_cast<double>(snapshot->flows.size()));
-    AddSample(capacity, {{"map", "retrans_flows"}}, snapshot->flow_capacity);
+    fills.push_back({"retrans_flows", snapshot->flows.size(), snapshot->flow_capacity});
   }
-  families.push_back(std::move(entries));
-  families.push_back(std::move(capacity));
+  for (auto& family : MapFillFamilies(fills)) families.push_back(std::move(family));
 
   families.push_back(read_errors_.Family());
   return families;

@@ -86,14 +86,10 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
   AddHistogram(node_family, {}, node);
   families.push_back(std::move(node_family));
 
-  auto entries = MakeFamily("kpulse_bpf_map_entries", "Entries in a kpulse BPF map at scrape time.",
-                            MetricType::Gauge);
-  AddSample(entries, {{"map", "runq_hists"}}, static_cast<double>(snapshot->hists.size()));
-  families.push_back(std::move(entries));
-  auto capacity =
-      MakeFamily("kpulse_bpf_map_capacity", "max_entries of a kpulse BPF map.", MetricType::Gauge);
-  AddSample(capacity, {{"map", "runq_hists"}}, snapshot->capacity);
-  families.push_back(std::move(capacity));
+  for (auto& family :
+       MapFillFamilies({{"runq_hists", snapshot->hists.size(), snapshot->capacity}})) {
+    families.push_back(std::move(family));
+  }
 
   auto drops = MakeFamily("kpulse_runqueue_start_drops_total",
                           "wakeup hook: runnable threads whose wait could not be timed because "

@@ -6,9 +6,12 @@
 
 #include "collect/offcpu_collector.h"
 #include "debug/offcpu_stacks.h"
+#include "fake_cgroups.h"
 
 namespace kpulse {
 namespace {
+
+using test::Paths;
 
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -33,14 +36,6 @@ sched_hist Hist(int slot, uint64_t count, uint64_t sum_ns) {
   hist.slots[slot] = count;
   hist.sum_ns = sum_ns;
   return hist;
-}
-
-CgroupPathLookup Paths(std::map<uint64_t, std::string> paths) {
-  return [paths](uint64_t id) -> std::optional<std::string> {
-    auto it = paths.find(id);
-    if (it == paths.end()) return std::nullopt;
-    return it->second;
-  };
 }
 
 OffcpuStack Stack(uint64_t cgroup, uint32_t tgid, uint32_t state, uint64_t blocked_ns,

@@ -7,8 +7,12 @@
 #include <cstring>
 #include <map>
 
+#include "fake_cgroups.h"
+
 namespace kpulse {
 namespace {
+
+using test::Paths;
 
 using ::testing::ElementsAre;
 using ::testing::Pair;
@@ -69,14 +73,6 @@ std::map<std::string, Samples> Collect(const RetransCollector& collector) {
     }
   }
   return result;
-}
-
-CgroupPathLookup Paths(std::map<uint64_t, std::string> paths) {
-  return [paths](uint64_t id) -> std::optional<std::string> {
-    auto it = paths.find(id);
-    if (it == paths.end()) return std::nullopt;
-    return it->second;
-  };
 }
 
 TEST(FormatFlow, Ipv4) {

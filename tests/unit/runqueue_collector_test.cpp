@@ -6,8 +6,12 @@
 
 #include <map>
 
+#include "fake_cgroups.h"
+
 namespace kpulse {
 namespace {
+
+using test::Paths;
 
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -29,14 +33,6 @@ sched_hist Hist(std::map<int, uint64_t> slots, uint64_t sum_ns) {
   }
   hist.sum_ns = sum_ns;
   return hist;
-}
-
-CgroupPathLookup Paths(std::map<uint64_t, std::string> paths) {
-  return [paths](uint64_t id) -> std::optional<std::string> {
-    auto it = paths.find(id);
-    if (it == paths.end()) return std::nullopt;
-    return it->second;
-  };
 }
 
 std::string Render(const RunqueueCollector& collector) {
