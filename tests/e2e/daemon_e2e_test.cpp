@@ -270,7 +270,17 @@ TEST_F(DaemonE2eTest, MetricsPagePassesPromtoolAndNamesTheHook) {
   const uint16_t port = StartDaemon(kBaseConfig);
   ASSERT_NE(port, 0);
   EXPECT_THAT(status_, HasSubstr("3/3 probes attached"));
-  const std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  // Scheduler series appear once some thread has blocked and run again after the load: wait
+  // (this test's own sleeps are such blocks) rather than scrape a page that cannot have them.
+  std::string page;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    page = HttpGet("127.0.0.1", port, "/metrics");
+    if (page.find("kpulse_offcpu_seconds_total{") != std::string::npos &&
+        page.find("kpulse_runqueue_latency_seconds_count{") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
   EXPECT_THAT(page, HasSubstr("kpulse_tcp_retransmits_total{kind=\"syn\"}"));
   EXPECT_THAT(page, HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"} 1"));
   EXPECT_THAT(page, HasSubstr("kpulse_probe_info{probe=\"tcp_retransmit\",hook=\"tp_btf\"} 1"));
