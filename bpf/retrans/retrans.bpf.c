@@ -19,6 +19,7 @@
 #include "retrans/retrans.h"
 
 #define TCPHDR_SYN 0x02
+#define SOCK_BINDPORT_LOCK 8
 #define EEXIST 17
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -26,7 +27,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Set by user space between open and load. */
 const volatile bool track_flows = true;       /* flow_labels != none */
 const volatile bool flow_remote_only = false; /* flow_labels == remote: no local address/port */
-const volatile bool fold_ephemeral = true;    /* local port in the ephemeral range -> 0 */
+const volatile bool fold_ephemeral = true;    /* the client side's ephemeral port -> 0 */
 const volatile __u16 ephemeral_lo = 32768;    /* net.ipv4.ip_local_port_range at load time */
 const volatile __u16 ephemeral_hi = 60999;
 
@@ -67,7 +68,14 @@ struct trace_event_raw_tcp_retransmit_synack___any {
 	const void *req;
 } __attribute__((preserve_access_index));
 
-static __always_inline void fill_flow_addrs(struct retrans_flow_key *key,
+static __always_inline bool ephemeral(__u16 port)
+{
+	return port >= ephemeral_lo && port <= ephemeral_hi;
+}
+
+/* `owner` is the socket the retransmit belongs to (the listener for a SYN-ACK), `skc` the one
+ * whose addresses form the flow (the request socket for a SYN-ACK). */
+static __always_inline void fill_flow_addrs(struct retrans_flow_key *key, const struct sock *owner,
 					    const struct sock_common *skc)
 {
 	key->family = BPF_CORE_READ(skc, skc_family);
@@ -80,10 +88,18 @@ static __always_inline void fill_flow_addrs(struct retrans_flow_key *key,
 		BPF_CORE_READ_INTO((__u32 *)key->laddr, skc, skc_rcv_saddr);
 		BPF_CORE_READ_INTO((__u32 *)key->raddr, skc, skc_daddr);
 	}
+	/* Fold the port the kernel picked for the client side: ours when we connected, the peer's
+	 * when we serve (our port was bound explicitly; accepted sockets inherit the listener's
+	 * lock). The peer's range is unknown: ours stands in for it. */
+	if (fold_ephemeral) {
+		if (ephemeral(key->lport))
+			key->lport = 0;
+		else if ((BPF_CORE_READ_BITFIELD_PROBED(owner, sk_userlocks) & SOCK_BINDPORT_LOCK) &&
+			 ephemeral(key->rport))
+			key->rport = 0;
+	}
 	if (flow_remote_only) {
 		__builtin_memset(key->laddr, 0, sizeof(key->laddr));
-		key->lport = 0;
-	} else if (fold_ephemeral && key->lport >= ephemeral_lo && key->lport <= ephemeral_hi) {
 		key->lport = 0;
 	}
 }
@@ -146,7 +162,7 @@ static __always_inline void record(const struct sock *sk, const struct sock_comm
 	if (track_flows) {
 		struct retrans_flow_key key;
 		__builtin_memset(&key, 0, sizeof(key));
-		fill_flow_addrs(&key, addrs);
+		fill_flow_addrs(&key, sk, addrs);
 		key.netns_ino = sock_netns_ino(sk);
 		key.kind = kind;
 		add_flow(&key, segments, totals);

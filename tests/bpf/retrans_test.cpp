@@ -221,7 +221,11 @@ TEST_P(RetransProbeTest, SynAckRetransmitsMatchServerTcpSynRetrans) {
     EXPECT_EQ(labels.laddr, "10.213.1.2");
     EXPECT_EQ(labels.lport, "5004");
     EXPECT_EQ(labels.raddr, "10.213.1.1");
+    EXPECT_EQ(labels.rport, "0") << "a server folds its clients' ephemeral ports";
   }
+  size_t server_flows = 0;
+  for (const auto& [key, value] : snapshot.flows) server_flows += key.netns_ino == server_ns.inode();
+  EXPECT_EQ(server_flows, 1u) << "two clients' connects from two ports: one server-side series";
 }
 
 // Test 3: data segments dropped mid-stream (every 10th data packet at the receiver); the
