@@ -183,8 +183,11 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
   EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(kExpectedSlot), 0.033554432);
 }
 
-// The wakeup hook's tid-keyed start map must not keep entries of threads that exited. (The
-// sched_info hook keeps its state in task storage, which the kernel frees with the task.)
+// The wakeup hook's tid-keyed start maps (run-queue and off-CPU) must not keep entries of threads
+// that exited. (The sched_info hook keeps its state in task storage, which the kernel frees with
+// the task.) Normal exits consume their entries anyway (the last wakeup closes the block, the
+// final TASK_DEAD switch-out records nothing): removing the off-CPU delete in
+// sched_process_exit does not fail this test; that delete is a guard for paths not seen here.
 TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
   KPULSE_REQUIRE_ROOT();
   TestCgroup cgroup("rqexit");
@@ -216,7 +219,13 @@ TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
   ASSERT_TRUE(left) << left.error();
   size_t leaked = 0;
   for (uint32_t entry : *left) leaked += exited.count(entry);
-  EXPECT_EQ(leaked, 0u) << "start map entries of exited threads";
+  EXPECT_EQ(leaked, 0u) << "run-queue start map entries of exited threads";
+
+  auto blocked = probe->OffcpuStartMapTids();
+  ASSERT_TRUE(blocked) << blocked.error();
+  size_t blocked_leaked = 0;
+  for (uint32_t entry : *blocked) blocked_leaked += exited.count(entry);
+  EXPECT_EQ(blocked_leaked, 0u) << "off-CPU start map entries of exited threads";
 }
 
 // per_cpu keys each histogram by the CPU whose run queue the thread waited on: threads pinned to
