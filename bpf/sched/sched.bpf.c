@@ -46,7 +46,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Set by user space between open and load. */
 const volatile bool runq_enabled = true;
 const volatile bool offcpu_enabled = true;
-const volatile bool per_cpu = false;            /* run-queue histograms keyed by CPU too */
+const volatile __u32 max_slots = 4096;          /* cgroup_slots max_entries */
 const volatile __u64 offcpu_min_block_ns = 0;   /* shorter blocks are not counted */
 const volatile bool stacks_enabled = false;
 const volatile __u64 stack_min_block_ns = 1000000; /* shorter blocks get no stack entry */
@@ -58,17 +58,37 @@ struct {
 	__type(value, struct sched_task_state);
 } sched_task_states SEC(".maps");
 
+/* cgroup id -> its index in the histogram arrays; slots are never reused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096); /* resized by user space */
-	__type(key, struct runq_key);
+	__uint(max_entries, 4096); /* resized by user space (max_slots) */
+	__type(key, __u64);
+	__type(value, __u32);
+} cgroup_slots SEC(".maps");
+
+/* slot -> the cgroup that claimed it. Inserting with BPF_NOEXIST is the compare-and-swap that
+ * hands a slot to exactly one cgroup (no atomic fetch before 5.12, where the wakeup hook runs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096); /* resized by user space (max_slots) */
+	__type(key, __u32);
+	__type(value, __u64);
+} slot_owners SEC(".maps");
+
+/* The next slot to try: a hint, raced on purpose (slot_owners decides). */
+__u32 next_slot = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY); /* PERCPU_ARRAY with per_cpu (set by user space) */
+	__uint(max_entries, 4096);        /* resized by user space */
+	__type(key, __u32);
 	__type(value, struct sched_hist);
 } runq_hists SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096); /* resized by user space */
-	__type(key, struct offcpu_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4096 * OFFCPU_STATE_MAX); /* resized by user space */
+	__type(key, __u32);
 	__type(value, struct sched_hist);
 } offcpu_hists SEC(".maps");
 
@@ -109,8 +129,6 @@ struct {
 	__type(value, struct offcpu_start);
 } offcpu_start SEC(".maps");
 
-static const struct sched_hist zero_hist;
-
 static __always_inline struct sched_totals *totals(void)
 {
 	__u32 zero = 0;
@@ -126,17 +144,37 @@ static __always_inline __u32 hist_slot(__u64 ns)
 	return slot < SCHED_HIST_SLOTS ? slot : SCHED_HIST_SLOTS - 1;
 }
 
-/* Adds `samples` observations totalling `ns` to the histogram at `key` in `map`, creating it;
- * returns false when the map is full (the caller keeps the count elsewhere). */
-static __always_inline bool hist_add(void *map, const void *key, __u64 ns, __u64 samples)
+#define SLOT_CLAIM_TRIES 8
+
+/* The slot of a cgroup in the histogram arrays, claiming the next free one the first time;
+ * CGROUP_SLOT_NONE when all are taken (or, rarely, after losing every try to other CPUs). */
+static __always_inline __u32 cgroup_slot(__u64 cgroup_id)
 {
-	struct sched_hist *hist = bpf_map_lookup_elem(map, key);
-	if (!hist) {
-		bpf_map_update_elem(map, key, &zero_hist, BPF_NOEXIST);
-		hist = bpf_map_lookup_elem(map, key);
-		if (!hist)
-			return false;
+	__u32 *slot = bpf_map_lookup_elem(&cgroup_slots, &cgroup_id);
+	if (slot)
+		return *slot;
+	for (int i = 0; i < SLOT_CLAIM_TRIES; i++) {
+		__u32 fresh = next_slot;
+		if (fresh >= max_slots)
+			return CGROUP_SLOT_NONE;
+		next_slot = fresh + 1;
+		if (bpf_map_update_elem(&slot_owners, &fresh, &cgroup_id, BPF_NOEXIST) != 0)
+			continue; /* another CPU claimed it */
+		if (bpf_map_update_elem(&cgroup_slots, &cgroup_id, &fresh, BPF_NOEXIST) == 0)
+			return fresh;
+		break; /* another CPU gave this cgroup a slot meanwhile; ours stays unused */
 	}
+	slot = bpf_map_lookup_elem(&cgroup_slots, &cgroup_id);
+	return slot ? *slot : CGROUP_SLOT_NONE;
+}
+
+/* Adds `samples` observations totalling `ns` to the histogram at `index` of the array `map`;
+ * returns false when the index is out of range (the caller keeps the count elsewhere). */
+static __always_inline bool hist_add(void *map, __u32 index, __u64 ns, __u64 samples)
+{
+	struct sched_hist *hist = bpf_map_lookup_elem(map, &index);
+	if (!hist)
+		return false;
 	/* samples > 1 only after a missed baseline: avoid the division otherwise. */
 	__sync_fetch_and_add(&hist->slots[hist_slot(samples == 1 ? ns : ns / samples)], samples);
 	__sync_fetch_and_add(&hist->sum_ns, ns);
@@ -150,14 +188,11 @@ static __always_inline void overflow_add(struct sched_hist *hist, __u64 ns, __u6
 	hist->sum_ns += ns;
 }
 
-/* Adds `samples` waits totalling `delay_ns` (one, except after a missed baseline). */
-static __always_inline void runq_record(__u64 cgroup_id, __u64 delay_ns, __u64 samples)
+/* Adds `samples` waits totalling `delay_ns` (one, except after a missed baseline) to the cgroup
+ * at `slot`; with per_cpu, runq_hists is per-CPU and this CPU's copy is the one updated. */
+static __always_inline void runq_record(__u32 slot, __u64 delay_ns, __u64 samples)
 {
-	struct runq_key key = {
-		.cgroup_id = cgroup_id,
-		.cpu = per_cpu ? bpf_get_smp_processor_id() : SCHED_ALL_CPUS,
-	};
-	if (hist_add(&runq_hists, &key, delay_ns, samples))
+	if (slot != CGROUP_SLOT_NONE && hist_add(&runq_hists, slot, delay_ns, samples))
 		return;
 	struct sched_totals *t = totals();
 	if (t)
@@ -166,11 +201,10 @@ static __always_inline void runq_record(__u64 cgroup_id, __u64 delay_ns, __u64 s
 
 /* State class of a task being switched out, by bits of its state word (which carries modifier
  * bits such as TASK_FREEZABLE: never compare for equality with a sleep state). */
-static __always_inline __u32 offcpu_state_of(bool preempt, const struct task_struct *task)
+static __always_inline __u32 offcpu_state_of(bool preempt, unsigned int state)
 {
 	if (preempt)
 		return OFFCPU_NOT_BLOCKED;
-	unsigned int state = task_state(task);
 	if (state & KPULSE_TASK_UNINTERRUPTIBLE)
 		return (state & KPULSE_TASK_NOLOAD) ? OFFCPU_IDLE : OFFCPU_DISK;
 	if (state & KPULSE_TASK_INTERRUPTIBLE)
@@ -193,14 +227,15 @@ static __always_inline void capture_stacks(void *ctx, __s32 *kstack, __s32 *usta
 	*ustack = bpf_get_stackid(ctx, &offcpu_stack_traces, BPF_F_USER_STACK);
 }
 
-static __always_inline void offcpu_record(__u64 cgroup_id, __u32 tgid, __u32 state, __u64 ns,
-					  __s32 kstack, __s32 ustack)
+/* A block of `ns` that began in the cgroup `cgroup_id` (at `slot`) in `state`. */
+static __always_inline void offcpu_record(__u64 cgroup_id, __u32 slot, __u32 tgid, __u32 state,
+					  __u64 ns, __s32 kstack, __s32 ustack)
 {
 	if (state >= OFFCPU_STATE_MAX || ns < offcpu_min_block_ns)
 		return;
-	struct offcpu_key key = { .cgroup_id = cgroup_id, .state = state };
 	struct sched_totals *t = NULL;
-	if (!hist_add(&offcpu_hists, &key, ns, 1)) {
+	if (slot == CGROUP_SLOT_NONE ||
+	    !hist_add(&offcpu_hists, slot * OFFCPU_STATE_MAX + state, ns, 1)) {
 		t = totals();
 		if (t)
 			overflow_add(&t->offcpu_overflow[state], ns, 1);
@@ -247,31 +282,36 @@ int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct t
 		return 0;
 	__u64 run_delay = prev->sched_info.run_delay;
 	__u64 pcount = prev->sched_info.pcount;
-	/* At sched_switch, current is still prev. */
+	/* At sched_switch, current is still prev. The slot lookup is cached per task: a hash
+	 * lookup only when the task changed cgroups (or is new). */
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u32 slot = st->cgroup_id == cgroup_id && st->slot != CGROUP_SLOT_NONE
+			     ? st->slot
+			     : cgroup_slot(cgroup_id);
 
 	/* Fresh storage (pcount 0) has no baseline: the first slice since load is skipped. */
 	if (st->pcount != 0 && pcount > st->pcount) {
 		__u64 waited = run_delay - st->run_delay;
 		if (runq_enabled)
-			runq_record(cgroup_id, waited, pcount - st->pcount);
+			runq_record(slot, waited, pcount - st->pcount);
 		if (offcpu_enabled && st->state < OFFCPU_STATE_MAX) {
 			__u64 arrival = prev->sched_info.last_arrival;
 			__u64 gap = arrival - st->switch_out_ns; /* blocked, then waited */
 			if ((__s64)gap > 0 && gap > waited)
-				offcpu_record(st->cgroup_id, prev->tgid, st->state, gap - waited,
-					      st->kstack_id, st->ustack_id);
+				offcpu_record(st->cgroup_id, st->slot, prev->tgid, st->state,
+					      gap - waited, st->kstack_id, st->ustack_id);
 		}
 	}
 	st->run_delay = run_delay;
 	st->pcount = pcount;
+	st->cgroup_id = cgroup_id;
+	st->slot = slot;
 	if (offcpu_enabled) {
 		/* The run queue's clock, which sched_info accounts with, updated by __schedule() just
 		 * before this tracepoint. Reached through prev's cfs_rq (CONFIG_FAIR_GROUP_SCHED; user
 		 * space checks the fields exist) because `runqueues` is not in kallsyms everywhere. */
 		st->switch_out_ns = prev->se.cfs_rq->rq->clock;
-		st->cgroup_id = cgroup_id;
-		st->state = offcpu_state_of(preempt, prev);
+		st->state = offcpu_state_of(preempt, task_state_btf(prev));
 		if (st->state < OFFCPU_STATE_MAX)
 			capture_stacks(ctx, &st->kstack_id, &st->ustack_id);
 	}
@@ -303,9 +343,11 @@ static __always_inline void offcpu_woken(const struct task_struct *task)
 	__u64 now = bpf_ktime_get_ns();
 	struct offcpu_start copy = *start;
 	bpf_map_delete_elem(&offcpu_start, &tid);
-	if (now > copy.switch_out_ns)
-		offcpu_record(task_cgroup_id(task), BPF_CORE_READ(task, tgid), copy.state,
-			      now - copy.switch_out_ns, copy.kstack_id, copy.ustack_id);
+	if (now <= copy.switch_out_ns)
+		return;
+	__u64 cgroup_id = task_cgroup_id(task);
+	offcpu_record(cgroup_id, cgroup_slot(cgroup_id), BPF_CORE_READ(task, tgid), copy.state,
+		      now - copy.switch_out_ns, copy.kstack_id, copy.ustack_id);
 }
 
 SEC("raw_tp/sched_wakeup")
@@ -329,7 +371,7 @@ int BPF_PROG(sched_wakeup_new_raw, struct task_struct *task)
 SEC("raw_tp/sched_switch")
 int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	__u32 prev_state = offcpu_state_of(preempt, prev);
+	__u32 prev_state = offcpu_state_of(preempt, task_state(prev));
 	/* Still runnable when switched out: it waits again from now. */
 	if (runq_enabled && prev_state == OFFCPU_NOT_BLOCKED)
 		runq_enqueued(prev);
@@ -356,7 +398,7 @@ int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev, struct ta
 	__u64 now = bpf_ktime_get_ns();
 	__u64 delay = now > *since ? now - *since : 0;
 	bpf_map_delete_elem(&runq_start, &tid);
-	runq_record(task_cgroup_id(next), delay, 1);
+	runq_record(cgroup_slot(task_cgroup_id(next)), delay, 1);
 	return 0;
 }
 

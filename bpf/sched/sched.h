@@ -25,14 +25,14 @@ struct sched_hist {
 	/* No count field: the count is the sum of the slots, one atomic add fewer per event. */
 };
 
-/* Sentinel cpu for histograms aggregated over CPUs (the per_cpu option is off). */
-#define SCHED_ALL_CPUS 0xffffffffu
-
-struct runq_key {
-	__u64 cgroup_id; /* cgroup v2 id of the task that waited */
-	__u32 cpu;       /* CPU whose run queue it waited on, or SCHED_ALL_CPUS */
-	__u32 pad;
-};
+/*
+ * Histograms live in arrays indexed by a per-cgroup slot (cgroup_slots: cgroup id -> slot), so
+ * the hot path indexes an array instead of hashing a key; the sched_info path caches its task's
+ * slot in task storage, so it hashes only when the task's cgroup changes.
+ * runq_hists[slot] (a PERCPU_ARRAY with the per_cpu option); offcpu_hists[slot *
+ * OFFCPU_STATE_MAX + state].
+ */
+#define CGROUP_SLOT_NONE 0xffffffffu /* every slot taken: counted in sched_totals instead */
 
 /* Why a task was off-CPU, from the state bits at its switch-out (bit tests, not equality). */
 enum offcpu_state {
@@ -43,12 +43,6 @@ enum offcpu_state {
 	OFFCPU_STATE_MAX = 4,
 	OFFCPU_EXITING = 0xfe,     /* TASK_DEAD: the task's last switch-out */
 	OFFCPU_NOT_BLOCKED = 0xff, /* preempted or still runnable: no off-CPU interval */
-};
-
-struct offcpu_key {
-	__u64 cgroup_id; /* cgroup v2 id of the task that blocked */
-	__u32 state;     /* enum offcpu_state */
-	__u32 pad;
 };
 
 /* Blocked time aggregated by where the task blocked (opt-in). */
@@ -74,10 +68,10 @@ struct sched_task_state {
 	__u64 pcount;        /* task->sched_info.pcount: times it was switched in */
 	__u64 switch_out_ns; /* the run queue's clock (rq->clock) at that switch-out */
 	__u64 cgroup_id;     /* its cgroup then: a block is charged where it began */
+	__u32 slot;          /* cgroup_id's slot (or CGROUP_SLOT_NONE): the per-task cache */
 	__u32 state;         /* enum offcpu_state at that switch-out */
 	__s32 kstack_id;     /* its stacks, when stacks are on, else negative */
 	__s32 ustack_id;
-	__u32 pad;
 };
 
 /* Fallback (wakeup) path: a blocked task's switch-out, until its wakeup. */
@@ -91,7 +85,7 @@ struct offcpu_start {
 
 /* Node-wide, one per CPU (PERCPU_ARRAY, key 0): never lost. */
 struct sched_totals {
-	struct sched_hist runq_overflow; /* waits not in runq_hists (the map was full) */
+	struct sched_hist runq_overflow; /* waits not in runq_hists (no slot left) */
 	__u64 runq_start_drops;          /* fallback: enqueue timestamps the start map could not hold */
 	struct sched_hist offcpu_overflow[OFFCPU_STATE_MAX]; /* blocks not in offcpu_hists */
 	__u64 offcpu_start_drops; /* fallback: switch-outs the start map could not hold */

@@ -67,6 +67,34 @@ MapReadResult ReadHashMapBytes(int map_fd, const char* map_name, size_t key_size
   return total;
 }
 
+MapReadResult ReadArrayPrefixBytes(int map_fd, const char* map_name, uint32_t count,
+                                   size_t entry_size, std::vector<std::byte>& values) {
+  values.resize(static_cast<size_t>(count) * entry_size);
+  std::vector<uint32_t> keys(count);
+  uint32_t total = 0;
+  uint32_t cursor = 0;  // for arrays, the next index
+  LIBBPF_OPTS(bpf_map_batch_opts, opts);
+  while (total < count) {
+    __u32 chunk = count - total;
+    int err =
+        bpf_map_lookup_batch(map_fd, total == 0 ? nullptr : &cursor, &cursor, keys.data() + total,
+                             values.data() + total * entry_size, &chunk, &opts);
+    if (err != 0 && errno != ENOENT) {
+      if ((errno == EINVAL || errno == ENOTSUP || errno == EOPNOTSUPP) && total == 0) break;
+      return tl::unexpected(MapError("batch lookup", map_name, errno));
+    }
+    total += chunk;
+    if (err != 0 || chunk == 0) break;
+  }
+  // Pre-5.6 kernels: one lookup per index.
+  for (; total < count; ++total) {
+    if (bpf_map_lookup_elem(map_fd, &total, values.data() + total * entry_size) != 0) {
+      return tl::unexpected(MapError("lookup", map_name, errno));
+    }
+  }
+  return static_cast<size_t>(count);
+}
+
 MapReadResult ReadPerCpuArrayBytes(int map_fd, const char* map_name, uint32_t index,
                                    size_t value_size, std::vector<std::byte>& per_cpu) {
   const int cpus = libbpf_num_possible_cpus();

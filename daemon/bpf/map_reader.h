@@ -24,6 +24,12 @@ MapReadResult ReadHashMapBytes(int map_fd, const char* map_name, size_t key_size
                                uint32_t max_entries, std::vector<std::byte>& keys,
                                std::vector<std::byte>& values);
 
+/// Copies entries [0, count) of an ARRAY or PERCPU_ARRAY into `values`, `entry_size` bytes each
+/// (for a per-CPU array: possible CPUs x the value size padded to 8). BPF_MAP_LOOKUP_BATCH where
+/// the kernel has it, else one lookup per entry.
+MapReadResult ReadArrayPrefixBytes(int map_fd, const char* map_name, uint32_t count,
+                                   size_t entry_size, std::vector<std::byte>& values);
+
 /// Reads entry `index` of a PERCPU_ARRAY into `per_cpu` (one value per possible CPU, each
 /// padded to 8 bytes as the kernel lays them out). Returns the number of CPUs.
 MapReadResult ReadPerCpuArrayBytes(int map_fd, const char* map_name, uint32_t index,

@@ -97,10 +97,14 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   // Task storage may not exist on the kernels the wakeup variant is for.
   bpf_map__set_autocreate(skeleton->maps.sched_task_states, info);
 
+  // One slot per cgroup serves both probes; each probe's array holds its own max_cgroups slots
+  // (a cgroup beyond them goes to that probe's overflow).
+  const uint32_t runq_slots = runq.enabled ? runq.max_cgroups : 1;
+  const uint32_t offcpu_slots = offcpu.enabled ? offcpu.max_cgroups : 1;
   auto& rodata = *skeleton->rodata;
   rodata.runq_enabled = runq.enabled;
   rodata.offcpu_enabled = offcpu.enabled;
-  rodata.per_cpu = runq.per_cpu;
+  rodata.max_slots = std::max(runq_slots, offcpu_slots);
   rodata.offcpu_min_block_ns = uint64_t{offcpu.min_block_us} * 1000;
   rodata.stacks_enabled = offcpu.enabled && offcpu.stacks.enabled;
   rodata.stack_min_block_ns = uint64_t{offcpu.stacks.min_block_us} * 1000;
@@ -108,9 +112,11 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   // Maps a configuration does not use still need a size: 1 entry.
   const bool stacks = rodata.stacks_enabled;
   const std::pair<bpf_map*, uint32_t> sizes[] = {
-      {skeleton->maps.runq_hists, runq.enabled ? runq.max_cgroups : 1},
+      {skeleton->maps.cgroup_slots, rodata.max_slots},
+      {skeleton->maps.slot_owners, rodata.max_slots},
+      {skeleton->maps.runq_hists, runq_slots},
       {skeleton->maps.runq_start, runq.enabled && !info ? runq.max_tasks : 1},
-      {skeleton->maps.offcpu_hists, offcpu.enabled ? offcpu.max_cgroups : 1},
+      {skeleton->maps.offcpu_hists, offcpu_slots * OFFCPU_STATE_MAX},
       {skeleton->maps.offcpu_start, offcpu.enabled && !info ? offcpu.max_tasks : 1},
       {skeleton->maps.offcpu_stack_traces, stacks ? offcpu.stacks.max_stacks : 1},
       {skeleton->maps.offcpu_stacks, stacks ? offcpu.stacks.max_entries : 1},
@@ -118,6 +124,12 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   for (const auto& [map, entries] : sizes) {
     if (int err = bpf_map__set_max_entries(map, entries); err != 0) {
       return tl::unexpected("sizing " + std::string(bpf_map__name(map)) + " failed: " + Errno(err));
+    }
+  }
+  if (runq.per_cpu) {
+    if (int err = bpf_map__set_type(skeleton->maps.runq_hists, BPF_MAP_TYPE_PERCPU_ARRAY);
+        err != 0) {
+      return tl::unexpected("making runq_hists per-CPU failed: " + Errno(err));
     }
   }
   if (int err = sched_bpf__load(skeleton.get()); err != 0) {
@@ -158,6 +170,51 @@ SchedProbe::~SchedProbe() = default;
 
 const bpf_object* SchedProbe::object() const { return skeleton_->obj; }
 
+tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> SchedProbe::CgroupSlots()
+    const {
+  const bpf_map* map = skeleton_->maps.cgroup_slots;
+  return ReadHashMap<uint64_t, uint32_t>(bpf_map__fd(map), "cgroup_slots",
+                                         bpf_map__max_entries(map));
+}
+
+namespace {
+
+/// Histograms of `slots` in the array `map` (entries_per_slot consecutive entries each; per-CPU
+/// arrays: `cpus` copies of each entry), as add(cgroup_id, entry_in_slot, cpu, hist) calls,
+/// leaving out histograms with no observation. Returns the number of cgroups with a slot in it.
+template <typename Add>
+tl::expected<uint32_t, std::string> ReadSlotHists(
+    const bpf_map* map, const std::vector<std::pair<uint64_t, uint32_t>>& slots,
+    uint32_t entries_per_slot, int cpus, Add add) {
+  const uint32_t capacity = bpf_map__max_entries(map) / entries_per_slot;
+  uint32_t used = 0, cgroups = 0;
+  for (const auto& [cgroup_id, slot] : slots) {
+    if (slot < capacity) {
+      used = std::max(used, slot + 1);
+      ++cgroups;
+    }
+  }
+  const size_t entry_size = sizeof(sched_hist) * static_cast<size_t>(cpus);
+  std::vector<std::byte> values;
+  auto read = ReadArrayPrefixBytes(bpf_map__fd(map), bpf_map__name(map), used * entries_per_slot,
+                                   entry_size, values);
+  if (!read) return tl::unexpected(read.error());
+  for (const auto& [cgroup_id, slot] : slots) {
+    if (slot >= capacity) continue;
+    for (uint32_t entry = 0; entry < entries_per_slot; ++entry) {
+      const std::byte* value = values.data() + (slot * entries_per_slot + entry) * entry_size;
+      for (int cpu = 0; cpu < cpus; ++cpu) {
+        sched_hist hist;
+        std::memcpy(&hist, value + cpu * sizeof(sched_hist), sizeof(sched_hist));
+        if (HistCount(hist) != 0) add(cgroup_id, entry, cpu, hist);
+      }
+    }
+  }
+  return cgroups;
+}
+
+}  // namespace
+
 tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() const {
   RunqueueSnapshot snapshot;
   const auto& maps = skeleton_->maps;
@@ -170,11 +227,20 @@ tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() co
   snapshot.overflow = totals->runq_overflow;
   snapshot.start_drops = totals->runq_start_drops;
 
+  auto slots = CgroupSlots();
+  if (!slots) return tl::unexpected(slots.error());
+  const bool per_cpu = bpf_map__type(maps.runq_hists) == BPF_MAP_TYPE_PERCPU_ARRAY;
+  const int cpus = per_cpu ? libbpf_num_possible_cpus() : 1;
+  if (cpus <= 0) return tl::unexpected("counting CPUs failed: " + Errno(cpus));
+  auto cgroups = ReadSlotHists(maps.runq_hists, *slots, 1, cpus,
+                               [&](uint64_t cgroup_id, uint32_t, int cpu, const sched_hist& hist) {
+                                 const uint32_t key_cpu =
+                                     per_cpu ? static_cast<uint32_t>(cpu) : kAllCpus;
+                                 snapshot.hists.push_back({RunqueueKey{cgroup_id, key_cpu}, hist});
+                               });
+  if (!cgroups) return tl::unexpected(cgroups.error());
+  snapshot.cgroups = *cgroups;
   snapshot.capacity = bpf_map__max_entries(maps.runq_hists);
-  auto hists = ReadHashMap<runq_key, sched_hist>(bpf_map__fd(maps.runq_hists), "runq_hists",
-                                                 snapshot.capacity);
-  if (!hists) return tl::unexpected(hists.error());
-  snapshot.hists = std::move(*hists);
   return snapshot;
 }
 
@@ -219,11 +285,16 @@ tl::expected<OffcpuSnapshot, std::string> SchedProbe::OffcpuSnapshotNow() const 
             snapshot.overflow.begin());
   snapshot.start_drops = totals->offcpu_start_drops;
   snapshot.stack_drops = totals->stack_drops;
-  snapshot.capacity = bpf_map__max_entries(maps.offcpu_hists);
-  auto hists = ReadHashMap<offcpu_key, sched_hist>(bpf_map__fd(maps.offcpu_hists), "offcpu_hists",
-                                                   snapshot.capacity);
-  if (!hists) return tl::unexpected(hists.error());
-  snapshot.hists = std::move(*hists);
+  auto slots = CgroupSlots();
+  if (!slots) return tl::unexpected(slots.error());
+  auto cgroups =
+      ReadSlotHists(maps.offcpu_hists, *slots, OFFCPU_STATE_MAX, 1,
+                    [&](uint64_t cgroup_id, uint32_t state, int, const sched_hist& hist) {
+                      snapshot.hists.push_back({OffcpuKey{cgroup_id, state}, hist});
+                    });
+  if (!cgroups) return tl::unexpected(cgroups.error());
+  snapshot.cgroups = *cgroups;
+  snapshot.capacity = bpf_map__max_entries(maps.offcpu_hists) / OFFCPU_STATE_MAX;
   return snapshot;
 }
 

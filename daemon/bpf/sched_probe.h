@@ -19,8 +19,6 @@ namespace kpulse {
 
 // Layout checks against the BPF target's (see bpf/sched/sched.h).
 static_assert(sizeof(sched_hist) == 8 * (SCHED_HIST_SLOTS + 1));
-static_assert(sizeof(runq_key) == 16);
-static_assert(sizeof(offcpu_key) == 16);
 static_assert(sizeof(offcpu_stack_key) == 24);
 static_assert(sizeof(offcpu_stack_value) == 16);
 static_assert(sizeof(sched_task_state) == 48);
@@ -41,12 +39,21 @@ inline uint64_t HistCount(const sched_hist& hist) {
   return count;
 }
 
-/// Run-queue histograms at one instant, CPUs already summed.
+/// `cpu` of histograms summed over CPUs (the per_cpu option is off).
+inline constexpr uint32_t kAllCpus = 0xffffffffu;
+
+struct RunqueueKey {
+  uint64_t cgroup_id;  // cgroup v2 id of the task that waited
+  uint32_t cpu;        // CPU whose run queue it waited on, or kAllCpus
+};
+
+/// Run-queue histograms at one instant (histograms with no observation left out).
 struct RunqueueSnapshot {
-  std::vector<std::pair<runq_key, sched_hist>> hists;  // per cgroup (and CPU with per_cpu)
-  sched_hist overflow{};     // waits the full map could not hold (node-wide only)
+  std::vector<std::pair<RunqueueKey, sched_hist>> hists;  // per cgroup (and CPU with per_cpu)
+  sched_hist overflow{};     // waits of cgroups that got no slot (node-wide only)
   uint64_t start_drops = 0;  // wakeup hook: timestamps the start map could not hold
-  uint32_t capacity = 0;     // runq_hists max_entries
+  uint32_t cgroups = 0;      // cgroups with a slot in runq_hists
+  uint32_t capacity = 0;     // slots in runq_hists (max_cgroups)
 };
 
 /// Where the run-queue collector gets its data: the real probe, or a fake in unit tests.
@@ -57,13 +64,19 @@ class RunqueueSource {
   virtual tl::expected<RunqueueSnapshot, std::string> RunqueueSnapshotNow() const = 0;
 };
 
-/// Off-CPU histograms at one instant, CPUs already summed.
+struct OffcpuKey {
+  uint64_t cgroup_id;  // cgroup v2 id of the task that blocked
+  uint32_t state;      // enum offcpu_state
+};
+
+/// Off-CPU histograms at one instant (histograms with no observation left out).
 struct OffcpuSnapshot {
-  std::vector<std::pair<offcpu_key, sched_hist>> hists;  // per (cgroup, state)
-  std::array<sched_hist, OFFCPU_STATE_MAX> overflow{};   // blocks the full map could not hold
+  std::vector<std::pair<OffcpuKey, sched_hist>> hists;  // per (cgroup, state)
+  std::array<sched_hist, OFFCPU_STATE_MAX> overflow{};  // blocks of cgroups that got no slot
   uint64_t start_drops = 0;  // wakeup hook: switch-outs the start map could not hold
   uint64_t stack_drops = 0;  // blocks without a stack entry (stack maps full)
-  uint32_t capacity = 0;     // offcpu_hists max_entries
+  uint32_t cgroups = 0;      // cgroups with a slot in offcpu_hists
+  uint32_t capacity = 0;     // cgroup slots in offcpu_hists (max_cgroups)
 };
 
 /// One aggregated off-CPU stack with its frames (innermost first, as the kernel records them).
@@ -133,6 +146,8 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   using Skeleton = std::unique_ptr<sched_bpf, SkeletonDeleter>;
 
   SchedProbe(Skeleton skeleton, SchedVariant variant);
+  /// cgroup id -> slot of every cgroup that has one.
+  tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> CgroupSlots() const;
   static tl::expected<Skeleton, std::string> LoadAndAttach(const SchedProbeOptions& options,
                                                            SchedVariant variant);
 

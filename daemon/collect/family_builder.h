@@ -34,7 +34,8 @@ inline void AddSample(prometheus::MetricFamily& family,
   family.metric.push_back(std::move(metric));
 }
 
-/// Fill of one kpulse BPF map, for the shared kpulse_bpf_map_{entries,capacity} families.
+/// Fill of one kpulse BPF map, for the shared kpulse_bpf_map_{entries,capacity} families. Counted
+/// in what fills it: entries for hash maps, cgroup slots for the scheduler's histogram arrays.
 struct MapFill {
   std::string map;
   size_t entries;

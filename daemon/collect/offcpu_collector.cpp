@@ -74,8 +74,7 @@ std::vector<MetricFamily> OffcpuCollector::Collect() const {
   families.push_back(std::move(seconds));
   families.push_back(std::move(durations));
 
-  for (auto& family :
-       MapFillFamilies({{"offcpu_hists", snapshot->hists.size(), snapshot->capacity}})) {
+  for (auto& family : MapFillFamilies({{"offcpu_hists", snapshot->cgroups, snapshot->capacity}})) {
     families.push_back(std::move(family));
   }
 

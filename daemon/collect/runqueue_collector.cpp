@@ -63,7 +63,7 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
     AddHist(node, hist);
   }
   if (HistCount(snapshot->overflow) != 0) {
-    AddHist(by_label[{kOverflowCgroupLabel, SCHED_ALL_CPUS}], snapshot->overflow);
+    AddHist(by_label[{kOverflowCgroupLabel, kAllCpus}], snapshot->overflow);
   }
 
   auto per_cgroup = MakeFamily(
@@ -74,7 +74,7 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
     std::vector<ClientMetric::Label> label_set = {{"cgroup", labels.first}};
     if (config_.per_cpu) {
       label_set.push_back(
-          {"cpu", labels.second == SCHED_ALL_CPUS ? "<other>" : std::to_string(labels.second)});
+          {"cpu", labels.second == kAllCpus ? "<other>" : std::to_string(labels.second)});
     }
     AddHistogram(per_cgroup, std::move(label_set), hist);
   }
@@ -86,8 +86,7 @@ std::vector<MetricFamily> RunqueueCollector::Collect() const {
   AddHistogram(node_family, {}, node);
   families.push_back(std::move(node_family));
 
-  for (auto& family :
-       MapFillFamilies({{"runq_hists", snapshot->hists.size(), snapshot->capacity}})) {
+  for (auto& family : MapFillFamilies({{"runq_hists", snapshot->cgroups, snapshot->capacity}})) {
     families.push_back(std::move(family));
   }
 

@@ -100,6 +100,7 @@ std::map<std::string, ProgramCost> ProgramCosts(const bpf_object* object) {
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 5;
   const double seconds = argc > 2 ? std::atof(argv[2]) : 1.0;
+  const std::string only = argc > 3 ? argv[3] : "";  // run only variants whose name contains it
   const int cpu = static_cast<int>(std::thread::hardware_concurrency()) - 1;
   if (geteuid() != 0) {
     std::fprintf(stderr, "kpulse_sched_bench: needs root (loads BPF programs)\n");
@@ -118,20 +119,40 @@ int main(int argc, char** argv) {
     return o;
   };
   using kpulse::SchedHook;
-  const std::vector<std::pair<std::string, kpulse::SchedProbeOptions>> variants = {
+  std::vector<std::pair<std::string, kpulse::SchedProbeOptions>> variants = {
       {"sched_info runq", options(SchedHook::kSchedInfo, false, false)},
       {"sched_info runq+offcpu", options(SchedHook::kSchedInfo, true, false)},
       {"sched_info +stacks", options(SchedHook::kSchedInfo, true, true)},
       {"wakeup runq", options(SchedHook::kWakeup, false, false)},
       {"wakeup runq+offcpu", options(SchedHook::kWakeup, true, false)},
   };
-  std::map<std::string, std::vector<double>> rates;
+  std::erase_if(variants, [&](const auto& v) { return v.first.find(only) == std::string::npos; });
+  // Per round: the baseline, then each variant twice: once for throughput, once with kernel BPF
+  // stats on for its cost per run (stats add their own clock reads, so not in the same run).
+  std::map<std::string, std::vector<double>> rates, ns_per_run, ns_per_switch;
+  std::map<std::string, std::map<std::string, ProgramCost>> last_costs;
   PingPong(cpu, 0.3);  // warm-up
   for (int round = 0; round < rounds; ++round) {
     rates["baseline"].push_back(PingPong(cpu, seconds));
     for (const auto& [name, variant] : variants) {
+      {
+        auto probe = kpulse::SchedProbe::Start(variant);
+        rates[name].push_back(PingPong(cpu, seconds));
+      }
+      const int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
       auto probe = kpulse::SchedProbe::Start(variant);
-      rates[name].push_back(PingPong(cpu, seconds));
+      PingPong(cpu, seconds);
+      const auto costs = ProgramCosts(probe->object());
+      close(stats_fd);
+      uint64_t runs = 0, ns = 0, switches = 0;
+      for (const auto& [program, cost] : costs) {
+        runs += cost.runs;
+        ns += cost.ns;
+        if (program.find("sched_switch") != std::string::npos) switches = cost.runs;
+      }
+      ns_per_run[name].push_back(runs ? double(ns) / double(runs) : 0.0);
+      ns_per_switch[name].push_back(switches ? double(ns) / double(switches) : 0.0);
+      last_costs[name] = costs;
     }
   }
   const double baseline = Median(rates["baseline"]);
@@ -142,22 +163,10 @@ int main(int argc, char** argv) {
               "ns/ctx switch");
   std::printf("%-24s %14.0f %8.3f %14s %16s\n", "baseline", baseline, 1.0, "-", "-");
   for (const auto& [name, variant] : variants) {
-    // Cost per run from kernel BPF stats, in a separate round (stats add their own clock reads).
-    const int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
-    auto probe = kpulse::SchedProbe::Start(variant);
-    PingPong(cpu, seconds);
-    const auto costs = ProgramCosts(probe->object());
-    close(stats_fd);
-    uint64_t runs = 0, ns = 0, switches = 0;
-    for (const auto& [program, cost] : costs) {
-      runs += cost.runs;
-      ns += cost.ns;
-      if (program.find("sched_switch") != std::string::npos) switches = cost.runs;
-    }
     std::printf("%-24s %14.0f %8.3f %14.1f %16.1f\n", name.c_str(), Median(rates[name]),
-                Median(rates[name]) / baseline, runs ? double(ns) / double(runs) : 0.0,
-                switches ? double(ns) / double(switches) : 0.0);
-    for (const auto& [program, cost] : costs) {
+                Median(rates[name]) / baseline, Median(ns_per_run[name]),
+                Median(ns_per_switch[name]));
+    for (const auto& [program, cost] : last_costs[name]) {  // the last round's, per program
       std::printf("  %-24s runs %10llu  %6.1f ns/run\n", program.c_str(),
                   static_cast<unsigned long long>(cost.runs),
                   cost.runs ? double(cost.ns) / double(cost.runs) : 0.0);

@@ -157,17 +157,23 @@ int main(int argc, char** argv) {
     Put(flows, key, retrans_flow_value{static_cast<uint64_t>(i)});
   }
   const int retrans_cgroups = MapFd(retrans->object(), "retrans_cgroups");
+  const int cgroup_slots = MapFd(sched->object(), "cgroup_slots");
+  const int slot_owners = MapFd(sched->object(), "slot_owners");
   const int runq = MapFd(sched->object(), "runq_hists");
   const int offcpu = MapFd(sched->object(), "offcpu_hists");
   const uint64_t kFirstId = 1ULL << 40;  // ids no real cgroup has
+  const uint32_t kFirstSlot = 64;        // the host's own cgroups claim slots from 0
   for (int i = 0; i < kCgroups; ++i) {
     const uint64_t id = kFirstId + static_cast<uint64_t>(i);
     for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
       Put(retrans_cgroups, retrans_cgroup_key{id, kind, 0}, retrans_cgroup_value{7});
     }
-    Put(runq, runq_key{id, SCHED_ALL_CPUS, 0}, SomeHist(i));
-    Put(offcpu, offcpu_key{id, OFFCPU_SLEEP, 0}, SomeHist(i));
-    Put(offcpu, offcpu_key{id, OFFCPU_DISK, 0}, SomeHist(i + 1));
+    const uint32_t slot = kFirstSlot + static_cast<uint32_t>(i);
+    Put(slot_owners, slot, id);
+    Put(cgroup_slots, id, slot);
+    Put(runq, slot, SomeHist(i));
+    Put(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_SLEEP, SomeHist(i));
+    Put(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_DISK, SomeHist(i + 1));
   }
   auto paths = [kFirstId](uint64_t id) -> std::optional<std::string> {
     return "/bench.slice/service-" + std::to_string(id - kFirstId) + ".service";

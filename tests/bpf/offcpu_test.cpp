@@ -81,7 +81,7 @@ __attribute__((noinline)) void VforkChildThatSleeps200ms() {
 }
 
 sched_hist OffcpuHist(const OffcpuSnapshot& snapshot, uint64_t cgroup_id, uint32_t state) {
-  return SumHists(snapshot.hists, [&](const offcpu_key& key) {
+  return SumHists(snapshot.hists, [&](const OffcpuKey& key) {
     return key.cgroup_id == cgroup_id && key.state == state;
   });
 }

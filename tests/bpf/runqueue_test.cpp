@@ -39,6 +39,7 @@ using test::PinToCpu;
 using test::ProcessSchedStat;
 using test::SchedStat;
 using test::SpinFor;
+using test::SumHists;
 using test::TestCgroup;
 using test::WaitAllAsleep;
 
@@ -259,7 +260,66 @@ TEST_P(RunqueueProbeTest, PerCpuHistogramsNameThePinnedCpu) {
       EXPECT_LE(waits, 3u) << "cpu " << key_cpu;
     }
   }
-  EXPECT_EQ(waits_by_cpu.count(SCHED_ALL_CPUS), 0u);
+  EXPECT_EQ(waits_by_cpu.count(kAllCpus), 0u);
+}
+
+// Histograms are per cgroup slot, and slots run out: with runqueue_latency.max_cgroups = 1 the
+// host's first cgroup to switch takes the only run-queue slot, so the test cgroup's waits must go
+// to the node-wide overflow (exported as cgroup="<other>"): the overflow must grow by at least the
+// threads' schedstat run_delay delta (3% tolerance for the wakeup hook, as above; other cgroups'
+// waits add to it too), and the cgroup must have no run-queue histogram. The off-CPU probe keeps
+// its own 4096 slots in the same slot table: the cgroup's blocks (each thread blocks at least
+// once, in read) are still there.
+TEST_P(RunqueueProbeTest, CgroupsBeyondTheSlotsGoToTheOverflow) {
+  constexpr int kSpinners = 2;
+  TestCgroup cgroup("rqfull");
+  RunqueueConfig config;
+  config.max_cgroups = 1;
+  auto probe = StartProbe(config);
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  const int cpu = cpu_;
+  CgroupChild spinners(cgroup, [&] {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kSpinners; ++i) {
+      threads.emplace_back([&] {
+        PinToCpu(cpu);
+        char byte;
+        if (read(go[0], &byte, 1) != 1) return;
+        SpinFor(1s);
+        pause();
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    return 0;
+  });
+  ASSERT_TRUE(WaitAllAsleep(spinners.pid(), kSpinners + 1, 5s));
+  const SchedStat before = ProcessSchedStat(spinners.pid());
+  const RunqueueSnapshot kpulse_before = Snapshot(*probe);
+  ASSERT_EQ(write(go[1], "xx", kSpinners), kSpinners);
+  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(WaitAllAsleep(spinners.pid(), kSpinners + 1, 10s));
+  const SchedStat after = ProcessSchedStat(spinners.pid());
+  const RunqueueSnapshot kpulse_after = Snapshot(*probe);
+
+  const double kernel_delay = static_cast<double>(after.run_delay_ns - before.run_delay_ns);
+  const sched_hist overflow = Delta(kpulse_after.overflow, kpulse_before.overflow);
+  std::printf("%s: run_delay kernel %.3f s, overflow grew %.3f s\n",
+              std::string(ToString(GetParam())).c_str(), kernel_delay * 1e-9,
+              static_cast<double>(overflow.sum_ns) * 1e-9);
+  EXPECT_GT(kernel_delay, 0.3e9) << "2 spinners on one CPU for 1 s (setup)";
+  EXPECT_GE(static_cast<double>(overflow.sum_ns), 0.97 * kernel_delay);
+  EXPECT_EQ(HistCount(CgroupHist(kpulse_after, cgroup.id())), 0u);
+  EXPECT_EQ(kpulse_after.capacity, 1u);
+  EXPECT_EQ(kpulse_after.cgroups, 1u);
+
+  auto offcpu = probe->OffcpuSnapshotNow();
+  ASSERT_TRUE(offcpu) << offcpu.error();
+  const sched_hist blocked = SumHists(offcpu->hists, [&](const OffcpuKey& key) {
+    return key.cgroup_id == cgroup.id() && key.state == OFFCPU_SLEEP;
+  });
+  EXPECT_GE(HistCount(blocked), static_cast<uint64_t>(kSpinners));
+  EXPECT_GT(offcpu->cgroups, 1u);
 }
 
 uint64_t ProcStatContextSwitches() {

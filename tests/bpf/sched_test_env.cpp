@@ -78,7 +78,8 @@ bool WaitAllAsleep(pid_t pid, size_t threads, std::chrono::milliseconds timeout)
 }
 
 sched_hist CgroupHist(const RunqueueSnapshot& snapshot, uint64_t cgroup_id) {
-  return SumHists(snapshot.hists, [&](const runq_key& key) { return key.cgroup_id == cgroup_id; });
+  return SumHists(snapshot.hists,
+                  [&](const RunqueueKey& key) { return key.cgroup_id == cgroup_id; });
 }
 
 sched_hist Delta(const sched_hist& after, const sched_hist& before) {

@@ -59,9 +59,9 @@ TEST(OffcpuStateName, NamesEveryState) {
 TEST(OffcpuCollector, SecondsTotalAndDurationHistogramPerCgroupAndState) {
   FakeOffcpuSource source;
   source.snapshot.hists = {
-      {{100, OFFCPU_SLEEP, 0}, Hist(14, 25, 500000000)},
-      {{100, OFFCPU_DISK, 0}, Hist(17, 5, 1000000000)},
-      {{200, OFFCPU_SLEEP, 0}, Hist(3, 1, 10000)},  // deleted cgroup
+      {{100, OFFCPU_SLEEP}, Hist(14, 25, 500000000)},
+      {{100, OFFCPU_DISK}, Hist(17, 5, 1000000000)},
+      {{200, OFFCPU_SLEEP}, Hist(3, 1, 10000)},  // deleted cgroup
   };
   source.snapshot.overflow[OFFCPU_IDLE] = Hist(20, 2, 3000000000);
   OffcpuCollector collector(source, Paths({{100, "/app.slice"}}));

@@ -70,7 +70,7 @@ TEST(ToPrometheusHistogram, OpenEndedLastSlotOnlyInInf) {
 
 TEST(RunqueueCollector, PerCgroupAndNodeHistogramsInTextFormat) {
   FakeRunqueueSource source;
-  source.snapshot.hists = {{{100, SCHED_ALL_CPUS, 0}, Hist({{3, 4}}, 40000)}};
+  source.snapshot.hists = {{{100, kAllCpus}, Hist({{3, 4}}, 40000)}};
   source.snapshot.overflow = Hist({{5, 1}}, 50000);
   RunqueueCollector collector(source, Paths({{100, "/system.slice/app.service"}}),
                               RunqueueConfig{});
@@ -94,9 +94,9 @@ TEST(RunqueueCollector, PerCgroupAndNodeHistogramsInTextFormat) {
 TEST(RunqueueCollector, DeletedCgroupsFoldAndPerCpuAddsACpuLabel) {
   FakeRunqueueSource source;
   source.snapshot.hists = {
-      {{7, 0, 0}, Hist({{1, 1}}, 3000)},
-      {{8, 0, 0}, Hist({{1, 2}}, 6000)},
-      {{9, 1, 0}, Hist({{2, 1}}, 5000)},
+      {{7, 0}, Hist({{1, 1}}, 3000)},
+      {{8, 0}, Hist({{1, 2}}, 6000)},
+      {{9, 1}, Hist({{2, 1}}, 5000)},
   };
   RunqueueConfig config;
   config.per_cpu = true;

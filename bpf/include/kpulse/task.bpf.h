@@ -22,6 +22,15 @@ static __always_inline unsigned int task_state(const struct task_struct *task)
 	return (unsigned int)BPF_CORE_READ(old, state);
 }
 
+/* task_state() for BTF-typed pointers (tp_btf arguments): a plain load, no helper call. */
+static __always_inline unsigned int task_state_btf(const struct task_struct *task)
+{
+	if (bpf_core_field_exists(task->__state))
+		return task->__state;
+	const struct task_struct___pre514 *old = (const void *)task;
+	return (unsigned int)old->state;
+}
+
 /* cgroup v2 id of any task (not only current). */
 static __always_inline __u64 task_cgroup_id(const struct task_struct *task)
 {
