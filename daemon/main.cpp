@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "service/daemon.h"
+#include "util/memory.h"
 #include "version.h"
 
 namespace {
@@ -29,6 +30,7 @@ void PrintUsage(std::FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kpulse::ReturnLargeBuffersToTheSystem();
   std::string config_path = kDefaultConfig;
   bool check_only = false;
   for (int i = 1; i < argc; ++i) {

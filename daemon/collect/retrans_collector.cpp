@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstring>
 #include <map>
 
@@ -27,27 +29,56 @@ bool IsV4Mapped(const uint8_t* addr) {
 
 std::string FormatAddress(int family, const uint8_t* addr) {
   char text[INET6_ADDRSTRLEN] = {};
+  if (family == kAfInet) {
+    // glibc's inet_ntop formats IPv4 with sprintf (2 of the 13 ms of collecting 10k flows).
+    char* end = text;
+    for (int i = 0; i < 4; ++i) {
+      if (i > 0) *end++ = '.';
+      end = std::to_chars(end, text + sizeof(text), addr[i]).ptr;
+    }
+    return std::string(text, end);
+  }
   inet_ntop(family, addr, text, sizeof(text));
   return text;
 }
 
 }  // namespace
 
-FlowLabelValues FormatFlow(const retrans_flow_key& key) {
-  FlowLabelValues labels;
-  int family = key.family == kAfInet6 ? kAfInet6 : kAfInet;
-  const uint8_t* laddr = key.laddr;
-  const uint8_t* raddr = key.raddr;
-  if (family == kAfInet6 && IsV4Mapped(key.raddr) && (IsV4Mapped(key.laddr))) {
-    family = kAfInet;
-    laddr += 12;
-    raddr += 12;
+retrans_flow_key ExportedFlow(const retrans_flow_key& key, const RetransConfig& config) {
+  retrans_flow_key out{};
+  out.family = key.family == kAfInet6 ? kAfInet6 : kAfInet;
+  out.kind = key.kind;
+  out.rport = key.rport;
+  const size_t address_bytes = out.family == kAfInet6 ? 16 : 4;
+  std::memcpy(out.raddr, key.raddr, address_bytes);
+  std::memcpy(out.laddr, key.laddr, address_bytes);
+  if (out.family == kAfInet6 && IsV4Mapped(key.raddr) && IsV4Mapped(key.laddr)) {
+    out = retrans_flow_key{};
+    out.family = kAfInet;
+    out.kind = key.kind;
+    out.rport = key.rport;
+    std::memcpy(out.raddr, key.raddr + 12, 4);
+    std::memcpy(out.laddr, key.laddr + 12, 4);
   }
-  labels.family = family == kAfInet6 ? "ipv6" : "ipv4";
-  labels.laddr = FormatAddress(family, laddr);
-  labels.raddr = FormatAddress(family, raddr);
-  labels.lport = std::to_string(key.lport);
-  labels.rport = std::to_string(key.rport);
+  if (config.flow_labels == FlowLabels::kFull) {
+    out.lport = key.lport;
+  } else {
+    std::memset(out.laddr, 0, sizeof(out.laddr));
+  }
+  if (config.netns_label) out.netns_ino = key.netns_ino;
+  return out;
+}
+
+FlowLabelValues FormatFlow(const retrans_flow_key& key) {
+  RetransConfig full;
+  full.flow_labels = FlowLabels::kFull;
+  const retrans_flow_key flow = ExportedFlow(key, full);
+  FlowLabelValues labels;
+  labels.family = flow.family == kAfInet6 ? "ipv6" : "ipv4";
+  labels.laddr = FormatAddress(flow.family, flow.laddr);
+  labels.raddr = FormatAddress(flow.family, flow.raddr);
+  labels.lport = std::to_string(flow.lport);
+  labels.rport = std::to_string(flow.rport);
   return labels;
 }
 
@@ -122,32 +153,44 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
   families.push_back(std::move(cgroup));
 
   if (config_.flow_labels != FlowLabels::kNone) {
-    std::map<std::vector<std::string>, uint64_t> by_flow;
+    // Aggregated by the binary key first (flows that differ only in what is not labelled add
+    // up): formatting and comparing label strings per map entry took most of a 10k-flow scrape.
+    std::vector<std::pair<retrans_flow_key, uint64_t>> by_flow;
+    by_flow.reserve(snapshot->flows.size());
     for (const auto& [key, value] : snapshot->flows) {
-      FlowLabelValues flow = FormatFlow(key);
-      std::vector<std::string> labels = {flow.family};
-      if (config_.flow_labels == FlowLabels::kFull) {
-        labels.push_back(flow.laddr);
-        labels.push_back(flow.lport);
-      }
-      labels.push_back(flow.raddr);
-      labels.push_back(flow.rport);
-      labels.emplace_back(RetransKindName(key.kind));
-      if (config_.netns_label) labels.push_back(std::to_string(key.netns_ino));
-      by_flow[std::move(labels)] += value.segments;
+      by_flow.emplace_back(ExportedFlow(key, config_), value.segments);
     }
-    std::vector<std::string> names = {"family"};
-    if (config_.flow_labels == FlowLabels::kFull) names.insert(names.end(), {"laddr", "lport"});
-    names.insert(names.end(), {"raddr", "rport", "kind"});
-    if (config_.netns_label) names.push_back("netns");
-
+    auto less = [](const auto& a, const auto& b) {
+      return std::memcmp(&a.first, &b.first, sizeof(a.first)) < 0;
+    };
+    std::sort(by_flow.begin(), by_flow.end(), less);
+    size_t merged = 0;  // flows with equal exported keys add up
+    for (size_t i = 0; i < by_flow.size(); ++i) {
+      if (merged > 0 && !less(by_flow[merged - 1], by_flow[i])) {
+        by_flow[merged - 1].second += by_flow[i].second;
+      } else {
+        by_flow[merged++] = by_flow[i];
+      }
+    }
+    by_flow.resize(merged);
     auto flows = MakeFamily("kpulse_tcp_flow_retransmits_total",
                             "TCP segments retransmitted, per flow (bounded LRU; ephemeral local "
                             "ports folded to 0).",
                             MetricType::Counter);
-    for (const auto& [values, segments] : by_flow) {
+    flows.metric.reserve(by_flow.size());
+    for (const auto& [key, segments] : by_flow) {
+      FlowLabelValues flow = FormatFlow(key);
       std::vector<ClientMetric::Label> labels;
-      for (size_t i = 0; i < names.size(); ++i) labels.push_back({names[i], values[i]});
+      labels.reserve(8);
+      labels.push_back({"family", std::move(flow.family)});
+      if (config_.flow_labels == FlowLabels::kFull) {
+        labels.push_back({"laddr", std::move(flow.laddr)});
+        labels.push_back({"lport", std::move(flow.lport)});
+      }
+      labels.push_back({"raddr", std::move(flow.raddr)});
+      labels.push_back({"rport", std::move(flow.rport)});
+      labels.push_back({"kind", std::string(RetransKindName(key.kind))});
+      if (config_.netns_label) labels.push_back({"netns", std::to_string(key.netns_ino)});
       AddSample(flows, std::move(labels), static_cast<double>(segments));
     }
     families.push_back(std::move(flows));

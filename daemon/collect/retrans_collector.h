@@ -25,6 +25,11 @@ struct FlowLabelValues {
 };
 FlowLabelValues FormatFlow(const retrans_flow_key& key);
 
+/// The flow as exported under `config`: v4-mapped flows as IPv4, and what is not labelled
+/// (local end with flow_labels remote, network namespace without netns_label) zeroed, so that
+/// flows exported with the same labels compare equal.
+retrans_flow_key ExportedFlow(const retrans_flow_key& key, const RetransConfig& config);
+
 std::string_view RetransKindName(uint32_t kind);  // "syn" | "synack" | "data" | "unknown"
 
 /// Turns a RetransSource snapshot into Prometheus families at scrape time (Collect() runs on

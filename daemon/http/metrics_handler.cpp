@@ -3,13 +3,153 @@
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
+#include <future>
 #include <iterator>
+#include <ostream>
 #include <stdexcept>
+#include <streambuf>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
 namespace kpulse {
+
+namespace {
+
+// prometheus::TextSerializer writes label values one character at a time, each a virtual
+// xsputn call: std::stringbuf's generic one and its growth (then a copy in str()) made up a
+// fifth of a 100k-line page's serialisation (perf). This appends to a string reserved up front.
+class StringAppendBuf final : public std::streambuf {
+ public:
+  explicit StringAppendBuf(std::string& out) : out_(out) {}
+
+ protected:
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    if (n == 1) {
+      out_.push_back(*s);
+    } else {
+      out_.append(s, static_cast<size_t>(n));
+    }
+    return n;
+  }
+  int_type overflow(int_type c) override {
+    if (!traits_type::eq_int_type(c, traits_type::eof())) {
+      out_.push_back(traits_type::to_char_type(c));
+    }
+    return traits_type::not_eof(c);
+  }
+
+ private:
+  std::string& out_;
+};
+
+// Lines a metric takes in the text format: a histogram's buckets, +Inf, _sum and _count.
+size_t LineCount(const prometheus::MetricFamily& family, const prometheus::ClientMetric& metric) {
+  return family.type == prometheus::MetricType::Histogram ? metric.histogram.bucket.size() + 3 : 1;
+}
+
+// A run of one family's metrics, serialised by one worker. A piece that continues a family
+// split across workers must not repeat the family's "# HELP" / "# TYPE" lines.
+struct Piece {
+  prometheus::MetricFamily family;
+  bool continuation = false;
+};
+
+void AppendPiece(std::string& out, const Piece& piece) {
+  const size_t start = out.size();
+  {
+    StringAppendBuf buffer(out);
+    std::ostream stream(&buffer);
+    prometheus::TextSerializer().Serialize(stream, {piece.family});
+  }
+  if (piece.continuation) {
+    // Its help is empty, so the serialiser wrote exactly one header line: "# TYPE ...".
+    const size_t end_of_type = out.find('\n', start);
+    out.erase(start,
+              end_of_type == std::string::npos ? std::string::npos : end_of_type + 1 - start);
+  }
+}
+
+// Cuts `families` into `workers` runs of about equal line counts, splitting large families.
+std::vector<std::vector<Piece>> Partition(std::vector<prometheus::MetricFamily> families,
+                                          size_t total_lines, size_t workers) {
+  std::vector<std::vector<Piece>> runs(workers);
+  const size_t per_worker = (total_lines + workers - 1) / workers;
+  size_t run = 0, lines_in_run = 0;
+  for (auto& family : families) {
+    Piece piece;
+    piece.family.name = family.name;
+    piece.family.help = family.help;
+    piece.family.type = family.type;
+    for (auto& metric : family.metric) {
+      const size_t lines = LineCount(family, metric);
+      if (lines_in_run + lines > per_worker && lines_in_run > 0 && run + 1 < workers) {
+        const bool started = !piece.family.metric.empty();
+        if (started) runs[run].push_back(std::move(piece));
+        ++run;
+        lines_in_run = 0;
+        piece = Piece{};
+        piece.family.name = family.name;
+        piece.family.type = family.type;
+        if (started) {
+          piece.continuation = true;  // help stays empty: one header line to drop
+        } else {
+          piece.family.help = family.help;
+        }
+      }
+      piece.family.metric.push_back(std::move(metric));
+      lines_in_run += lines;
+    }
+    // An empty family still gets its header lines, as the serialiser writes them.
+    if (!piece.family.metric.empty() || !piece.continuation) runs[run].push_back(std::move(piece));
+  }
+  return runs;
+}
+
+}  // namespace
+
+std::string SerializeText(std::vector<prometheus::MetricFamily> families, size_t expected_bytes,
+                          size_t workers) {
+  size_t total_lines = 0;
+  for (const auto& family : families) {
+    for (const auto& metric : family.metric) total_lines += LineCount(family, metric);
+  }
+  // Below this a second thread costs more than it saves.
+  constexpr size_t kLinesPerWorker = 10000;
+  workers = std::clamp<size_t>(std::min(workers, total_lines / kLinesPerWorker), 1, 64);
+  if (workers == 1) {
+    std::string text;
+    text.reserve(expected_bytes);
+    {
+      StringAppendBuf buffer(text);
+      std::ostream out(&buffer);
+      prometheus::TextSerializer().Serialize(out, families);
+    }
+    return text;
+  }
+  const auto runs = Partition(std::move(families), total_lines, workers);
+  auto serialize_run = [&runs](size_t run, size_t reserve) {
+    std::string text;
+    text.reserve(reserve);
+    for (const auto& piece : runs[run]) AppendPiece(text, piece);
+    return text;
+  };
+  std::vector<std::future<std::string>> others;
+  for (size_t run = 1; run < workers; ++run) {
+    others.push_back(std::async(std::launch::async, serialize_run, run,
+                                expected_bytes / workers + expected_bytes / 16));
+  }
+  std::string text = serialize_run(0, expected_bytes);  // the whole page ends up here
+  for (auto& other : others) text += other.get();
+  return text;
+}
+
+size_t RenderWorkers() {
+  // Up to 4: a 100k-series page takes ~60 ms of serialisation on one core (docs/benchmarks.md).
+  return std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 4);
+}
 
 void MetricsEndpoint::Add(std::shared_ptr<prometheus::Collectable> collectable) {
   if (!collectable) throw std::invalid_argument("MetricsEndpoint::Add: null collectable");
@@ -17,12 +157,22 @@ void MetricsEndpoint::Add(std::shared_ptr<prometheus::Collectable> collectable) 
 }
 
 HttpResponse MetricsEndpoint::Render(const HttpRequest& /*request*/) const {
+  // Collectors are independent (each reads its own maps): run them at once.
+  std::vector<std::future<std::vector<prometheus::MetricFamily>>> collected;
+  for (size_t i = 1; i < collectables_.size(); ++i) {
+    collected.push_back(std::async(
+        std::launch::async, [&collectable = *collectables_[i]] { return collectable.Collect(); }));
+  }
+  std::vector<std::vector<prometheus::MetricFamily>> parts;
+  if (!collectables_.empty()) parts.push_back(collectables_.front()->Collect());
+  for (auto& part : collected) parts.push_back(part.get());
+
   // Several probes may report into one family (e.g. kpulse_bpf_map_entries{map}); a second
   // "# TYPE" line for a name is a parse error, so families with the same name are merged.
   std::vector<prometheus::MetricFamily> families;
   std::unordered_map<std::string, size_t> index_of;
-  for (const auto& collectable : collectables_) {
-    for (auto& family : collectable->Collect()) {
+  for (auto& part : parts) {
+    for (auto& family : part) {
       auto [it, inserted] = index_of.try_emplace(family.name, families.size());
       if (inserted) {
         families.push_back(std::move(family));
@@ -35,7 +185,10 @@ HttpResponse MetricsEndpoint::Render(const HttpRequest& /*request*/) const {
   }
   HttpResponse response;
   response.content_type = std::string(kPrometheusTextContentType);
-  response.body = prometheus::TextSerializer().Serialize(families);
+  response.body =
+      SerializeText(std::move(families), last_page_bytes_.load(std::memory_order_relaxed) * 11 / 10,
+                    RenderWorkers());
+  last_page_bytes_.store(response.body.size(), std::memory_order_relaxed);
   return response;
 }
 

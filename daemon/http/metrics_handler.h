@@ -1,8 +1,12 @@
 #pragma once
 
 #include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
 
+#include <atomic>
+#include <cstddef>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -14,8 +18,19 @@ namespace kpulse {
 inline constexpr std::string_view kPrometheusTextContentType =
     "text/plain; version=0.0.4; charset=utf-8";
 
-/// The /metrics page: collects every added collectable at request time and renders the result
-/// in the Prometheus text format 0.0.4 with prometheus::TextSerializer, families in the order
+/// `families` in the text format 0.0.4 (prometheus::TextSerializer), into a string reserved to
+/// `expected_bytes` up front. Large pages are cut into `workers` runs of about equal line counts
+/// (a family may be split: its continuation omits the header lines) serialised by as many
+/// threads; the text is the same as one serialiser's.
+std::string SerializeText(std::vector<prometheus::MetricFamily> families, size_t expected_bytes,
+                          size_t workers = 1);
+
+/// Threads that render one /metrics page: the CPUs, at most 4.
+size_t RenderWorkers();
+
+/// The /metrics page: collects every added collectable at request time (concurrently, one thread
+/// each) and renders the result in the Prometheus text format 0.0.4 with
+/// prometheus::TextSerializer (large pages on RenderWorkers() threads), families in the order
 /// the collectables were added. Families with the same name from different collectables are
 /// merged into one (the first one's HELP and TYPE win).
 ///
@@ -31,6 +46,8 @@ class MetricsEndpoint {
 
  private:
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
+  // The last page's size: the next page's buffer is reserved at once instead of growing.
+  mutable std::atomic<size_t> last_page_bytes_{0};
 };
 
 }  // namespace kpulse

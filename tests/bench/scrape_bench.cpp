@@ -11,6 +11,7 @@
 #include <prometheus/text_serializer.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@
 #include "collect/retrans_collector.h"
 #include "collect/runqueue_collector.h"
 #include "http/metrics_handler.h"
+#include "util/memory.h"
 
 namespace {
 
@@ -129,9 +131,20 @@ int IdleCpu(const char* binary, int seconds) {
   return 0;
 }
 
+// User + system CPU time of this process so far, every thread.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  kpulse::ReturnLargeBuffersToTheSystem();  // as the daemon does
   if (geteuid() != 0) {
     std::fprintf(stderr, "kpulse_scrape_bench: needs root (loads BPF programs)\n");
     return 2;
@@ -190,21 +203,35 @@ int main(int argc, char** argv) {
         std::make_shared<kpulse::RunqueueCollector>(*sched, paths, sched_options.runqueue),
         std::make_shared<kpulse::OffcpuCollector>(*sched, paths)};
     std::vector<prometheus::MetricFamily> families;
-    auto start = std::chrono::steady_clock::now();
+    double collect_ms = 0;
+    std::string each;
     for (const auto& part : parts) {
-      for (auto& family : part->Collect()) families.push_back(std::move(family));
+      const auto start = std::chrono::steady_clock::now();
+      auto collected = part->Collect();
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
+      collect_ms += ms;
+      each += (each.empty() ? "" : " + ") + std::to_string(static_cast<int>(ms + 0.5));
+      for (auto& family : collected) families.push_back(std::move(family));
     }
-    const double collect_ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    start = std::chrono::steady_clock::now();
-    const std::string text = prometheus::TextSerializer().Serialize(families);
-    const double serialize_ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::printf("one scrape split: collect %.1f ms, serialise %.1f ms\n", collect_ms, serialize_ms);
+    auto serialize_ms = [&families](size_t workers) {
+      auto copy = families;
+      const auto begin = std::chrono::steady_clock::now();
+      const std::string text = kpulse::SerializeText(std::move(copy), 12 << 20, workers);
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin)
+          .count();
+    };
+    std::printf(
+        "one scrape split: collect %.1f ms (%s, retransmits + run queue + off-CPU, each on its "
+        "own thread), serialise %.1f ms (one thread), %.1f ms (%zu threads)\n",
+        collect_ms, each.c_str(), serialize_ms(1), serialize_ms(kpulse::RenderWorkers()),
+        kpulse::RenderWorkers());
   }
 
   std::vector<double> millis;
   size_t bytes = 0, lines = 0;
+  const double cpu_before = ProcessCpuSeconds();
   for (int i = 0; i < rounds; ++i) {
     const auto start = std::chrono::steady_clock::now();
     const kpulse::HttpResponse page = endpoint.Render(kpulse::HttpRequest{});
@@ -214,10 +241,13 @@ int main(int argc, char** argv) {
     bytes = page.body.size();
     lines = static_cast<size_t>(std::count(page.body.begin(), page.body.end(), '\n'));
   }
+  const double cpu_ms = (ProcessCpuSeconds() - cpu_before) * 1e3 / rounds;
   std::sort(millis.begin(), millis.end());
-  std::printf("scrape: %zu lines, %.1f MiB, render median %.1f ms (min %.1f, max %.1f) over %d\n",
-              lines, static_cast<double>(bytes) / (1 << 20), millis[millis.size() / 2],
-              millis.front(), millis.back(), rounds);
+  std::printf(
+      "scrape: %zu lines, %.1f MiB, render median %.1f ms (min %.1f, max %.1f) over %d, "
+      "CPU %.1f ms per render (all threads)\n",
+      lines, static_cast<double>(bytes) / (1 << 20), millis[millis.size() / 2], millis.front(),
+      millis.back(), rounds, cpu_ms);
   std::printf("process RSS %.1f MiB (peak %.1f MiB)\n",
               static_cast<double>(StatusKib("VmRSS:")) / 1024.0,
               static_cast<double>(StatusKib("VmHWM:")) / 1024.0);

@@ -6,11 +6,13 @@
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -571,6 +573,61 @@ TEST(MetricsEndpoint, MergesSameNamedFamiliesFromTwoCollectables) {
   EXPECT_EQ(body.find(type_line, first_type + 1), std::string::npos) << "TYPE twice:\n" << body;
   EXPECT_NE(body.find("kpulse_test_map_entries{map=\"a\"} 1\n"), std::string::npos) << body;
   EXPECT_NE(body.find("kpulse_test_map_entries{map=\"b\"} 2\n"), std::string::npos) << body;
+}
+
+// --- SerializeText: the parallel render must produce prometheus-cpp's own text, byte for byte.
+
+std::vector<prometheus::MetricFamily> LargePage() {
+  using prometheus::ClientMetric;
+  using prometheus::MetricFamily;
+  using prometheus::MetricType;
+  std::vector<MetricFamily> families;
+  MetricFamily counters{
+      "kpulse_test_flows_total", "Flows, with \\ and \" in help.", MetricType::Counter, {}};
+  for (int i = 0; i < 25000; ++i) {
+    ClientMetric metric;
+    // Label values that need escaping, and values that are not integers.
+    metric.label = {{"path", "/a\"b\\c\nd/" + std::to_string(i)}, {"kind", "syn"}};
+    metric.counter.value = i * 1.5;
+    counters.metric.push_back(std::move(metric));
+  }
+  families.push_back(std::move(counters));
+  families.push_back(MetricFamily{"kpulse_test_empty", "No series.", MetricType::Gauge, {}});
+  MetricFamily histograms{"kpulse_test_latency_seconds", "", MetricType::Histogram, {}};
+  for (int i = 0; i < 2000; ++i) {
+    ClientMetric metric;
+    metric.label = {{"cgroup", "/slice/" + std::to_string(i)}};
+    for (int b = 0; b < 27; ++b) {
+      metric.histogram.bucket.push_back({static_cast<uint64_t>(i + b), 2.048e-6 * (1 << b)});
+    }
+    metric.histogram.sample_count = static_cast<uint64_t>(i + 27);
+    metric.histogram.sample_sum = 0.001 * i;
+    histograms.metric.push_back(std::move(metric));
+  }
+  families.push_back(std::move(histograms));
+  MetricFamily gauge{"kpulse_test_up", "", MetricType::Gauge, {}};
+  gauge.metric.emplace_back();
+  gauge.metric.back().gauge.value = 1;
+  families.push_back(std::move(gauge));
+  return families;
+}
+
+TEST(SerializeText, AnyNumberOfWorkersGivesTheSerializersOwnText) {
+  const auto families = LargePage();
+  const std::string expected = prometheus::TextSerializer().Serialize(families);
+  ASSERT_GT(std::count(expected.begin(), expected.end(), '\n'), 80000);
+  for (size_t workers : {1u, 2u, 3u, 4u, 7u}) {
+    const std::string text = SerializeText(families, 0, workers);
+    EXPECT_EQ(text.size(), expected.size()) << workers << " workers";
+    EXPECT_TRUE(text == expected) << workers << " workers: the texts differ";
+  }
+}
+
+TEST(SerializeText, SmallPagesAndEmptyInputs) {
+  EXPECT_EQ(SerializeText({}, 0, 4), "");
+  std::vector<prometheus::MetricFamily> one = {
+      {"kpulse_test_empty", "No series.", prometheus::MetricType::Counter, {}}};
+  EXPECT_EQ(SerializeText(one, 0, 4), prometheus::TextSerializer().Serialize(one));
 }
 
 }  // namespace
