@@ -49,6 +49,7 @@ const volatile bool offcpu_enabled = true;
 const volatile __u32 max_slots = 4096;          /* cgroup_slots max_entries */
 const volatile __u64 offcpu_min_block_ns = 0;   /* shorter blocks are not counted */
 const volatile bool stacks_enabled = false;
+const volatile bool user_stacks_enabled = false; /* and user stacks too */
 const volatile __u64 stack_min_block_ns = 1000000; /* shorter blocks get no stack entry */
 
 struct {
@@ -92,12 +93,23 @@ struct {
 	__type(value, struct sched_hist);
 } offcpu_hists SEC(".maps");
 
+/* Stack hash -> frames: each distinct stack once. Our own map rather than a STACK_TRACE map
+ * because bpf_get_stackid() only walks the current task, and kernel stacks are taken from the
+ * task being switched in (see sched_switch_info). */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, 127 * sizeof(__u64)); /* PERF_MAX_STACK_DEPTH */
-	__uint(max_entries, 16384);              /* resized by user space (1 when stacks are off) */
-} offcpu_stack_traces SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); /* resized by user space (1 when stacks are off) */
+	__type(key, __u64);
+	__type(value, struct stack_frames);
+} offcpu_stack_frames SEC(".maps");
+
+/* Where a stack is written before it is hashed (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stack_frames);
+} stack_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -216,20 +228,51 @@ static __always_inline __u32 offcpu_state_of(bool preempt, unsigned int state)
 	return OFFCPU_OTHER;
 }
 
-/* Stack ids of the current task (prev at sched_switch), or -1 each when stacks are off. */
-static __always_inline void capture_stacks(void *ctx, __s32 *kstack, __s32 *ustack)
+/* Keeps the `bytes` of frames in `frames` (the rest zero, as the helpers leave it) under a hash
+ * of them and returns it; 0 when none were taken or the map is full. Distinct stacks with one
+ * 64-bit hash would share an entry: improbable enough to accept. */
+static __always_inline __u64 keep_stack(struct stack_frames *frames, long bytes)
 {
-	*kstack = -1;
-	*ustack = -1;
-	if (!stacks_enabled)
-		return;
-	*kstack = bpf_get_stackid(ctx, &offcpu_stack_traces, 0);
-	*ustack = bpf_get_stackid(ctx, &offcpu_stack_traces, BPF_F_USER_STACK);
+	if (bytes <= 0)
+		return 0;
+	__u64 hash = 14695981039346656037ULL; /* FNV-1a over frames, not bytes */
+	for (int i = 0; i < OFFCPU_STACK_DEPTH; i++) {
+		if (i * (long)sizeof(__u64) >= bytes)
+			break;
+		hash = (hash ^ frames->ips[i]) * 1099511628211ULL;
+	}
+	hash |= 1; /* never 0, which means "none" */
+	if (bpf_map_lookup_elem(&offcpu_stack_frames, &hash))
+		return hash;
+	if (bpf_map_update_elem(&offcpu_stack_frames, &hash, frames, BPF_NOEXIST) == 0 ||
+	    bpf_map_lookup_elem(&offcpu_stack_frames, &hash)) /* another CPU added it */
+		return hash;
+	return 0;
+}
+
+/* The current task's kernel or user stack (BPF_F_USER_STACK), kept; 0 when stacks are off. */
+static __always_inline __u64 current_stack(void *ctx, __u64 flags)
+{
+	__u32 zero = 0;
+	struct stack_frames *frames = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!stacks_enabled || !frames)
+		return 0;
+	return keep_stack(frames, bpf_get_stack(ctx, frames, sizeof(*frames), flags));
+}
+
+/* The kernel stack of a task that is not running: where it called schedule(). */
+static __always_inline __u64 task_kernel_stack(struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct stack_frames *frames = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!stacks_enabled || !frames)
+		return 0;
+	return keep_stack(frames, bpf_get_task_stack(task, frames, sizeof(*frames), 0));
 }
 
 /* A block of `ns` that began in the cgroup `cgroup_id` (at `slot`) in `state`. */
 static __always_inline void offcpu_record(__u64 cgroup_id, __u32 slot, __u32 tgid, __u32 state,
-					  __u64 ns, __s32 kstack, __s32 ustack)
+					  __u64 ns, __u64 kstack, __u64 ustack)
 {
 	if (state >= OFFCPU_STATE_MAX || ns < offcpu_min_block_ns)
 		return;
@@ -242,14 +285,14 @@ static __always_inline void offcpu_record(__u64 cgroup_id, __u32 slot, __u32 tgi
 	}
 	if (!stacks_enabled || ns < stack_min_block_ns)
 		return;
-	if (kstack < 0) /* no kernel stack (trace map full, or a hash collision): not aggregated */
+	if (kstack == 0) /* no kernel stack (map full, or the walk failed): not aggregated */
 		goto drop;
 	struct offcpu_stack_key skey = {
 		.cgroup_id = cgroup_id,
+		.kstack = kstack,
+		.ustack = ustack,
 		.tgid = tgid,
 		.state = state,
-		.kstack_id = kstack,
-		.ustack_id = ustack,
 	};
 	struct offcpu_stack_value *value = bpf_map_lookup_elem(&offcpu_stacks, &skey);
 	if (!value) {
@@ -271,15 +314,30 @@ drop:
 
 /* ---- 1. sched_info (primary) ---- */
 
-SEC("tp_btf/sched_switch")
-int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct task_struct *next)
+/* Stacks on: the kernel stack of `next`, which is about to run again after a block, if the block
+ * is long enough to be aggregated by stack. Its kernel stack is still where it called
+ * schedule(). */
+static __always_inline void kernel_stack_at_switch_in(struct task_struct *next)
 {
-	if (prev->pid == 0) /* the idle task */
-		return 0;
+	if (next->pid == 0)
+		return;
+	struct sched_task_state *st = bpf_task_storage_get(&sched_task_states, next, 0, 0);
+	if (!st || st->state >= OFFCPU_STATE_MAX)
+		return;
+	/* It was woken at last_queued (still set: sched_info_arrive() runs after this tracepoint);
+	 * without it, the run queue's clock now is an upper bound. */
+	__u64 woken = next->sched_info.last_queued ?: next->se.cfs_rq->rq->clock;
+	if (woken > st->switch_out_ns && woken - st->switch_out_ns >= stack_min_block_ns)
+		st->kstack = task_kernel_stack(next);
+}
+
+/* Everything about `prev`, switched out now. */
+static __always_inline void switched_out(void *ctx, bool preempt, struct task_struct *prev)
+{
 	struct sched_task_state *st =
 		bpf_task_storage_get(&sched_task_states, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
-		return 0;
+		return;
 	__u64 run_delay = prev->sched_info.run_delay;
 	__u64 pcount = prev->sched_info.pcount;
 	/* At sched_switch, current is still prev. The slot lookup is cached per task: a hash
@@ -299,22 +357,37 @@ int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct t
 			__u64 gap = arrival - st->switch_out_ns; /* blocked, then waited */
 			if ((__s64)gap > 0 && gap > waited)
 				offcpu_record(st->cgroup_id, st->slot, prev->tgid, st->state,
-					      gap - waited, st->kstack_id, st->ustack_id);
+					      gap - waited, st->kstack, st->ustack);
 		}
 	}
 	st->run_delay = run_delay;
 	st->pcount = pcount;
 	st->cgroup_id = cgroup_id;
 	st->slot = slot;
-	if (offcpu_enabled) {
-		/* The run queue's clock, which sched_info accounts with, updated by __schedule() just
-		 * before this tracepoint. Reached through prev's cfs_rq (CONFIG_FAIR_GROUP_SCHED; user
-		 * space checks the fields exist) because `runqueues` is not in kallsyms everywhere. */
-		st->switch_out_ns = prev->se.cfs_rq->rq->clock;
-		st->state = offcpu_state_of(preempt, task_state_btf(prev));
-		if (st->state < OFFCPU_STATE_MAX)
-			capture_stacks(ctx, &st->kstack_id, &st->ustack_id);
-	}
+	if (!offcpu_enabled)
+		return;
+	/* The run queue's clock, which sched_info accounts with, updated by __schedule() just before
+	 * this tracepoint. Reached through prev's cfs_rq (CONFIG_FAIR_GROUP_SCHED; user space checks
+	 * the fields exist) because `runqueues` is not in kallsyms everywhere. */
+	st->switch_out_ns = prev->se.cfs_rq->rq->clock;
+	st->state = offcpu_state_of(preempt, task_state_btf(prev));
+	if (!stacks_enabled)
+		return;
+	/* The user stack can only be walked now, while prev is current; the kernel one waits for the
+	 * switch-in, when the block's length is known (most blocks are too short to want it). */
+	st->ustack = user_stacks_enabled && st->state < OFFCPU_STATE_MAX
+			     ? current_stack(ctx, BPF_F_USER_STACK)
+			     : 0;
+	st->kstack = 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	if (prev->pid != 0) /* not the idle task */
+		switched_out(ctx, preempt, prev);
+	if (stacks_enabled)
+		kernel_stack_at_switch_in(next);
 	return 0;
 }
 
@@ -347,7 +420,7 @@ static __always_inline void offcpu_woken(const struct task_struct *task)
 		return;
 	__u64 cgroup_id = task_cgroup_id(task);
 	offcpu_record(cgroup_id, cgroup_slot(cgroup_id), BPF_CORE_READ(task, tgid), copy.state,
-		      now - copy.switch_out_ns, copy.kstack_id, copy.ustack_id);
+		      now - copy.switch_out_ns, copy.kstack, copy.ustack);
 }
 
 SEC("raw_tp/sched_wakeup")
@@ -381,7 +454,9 @@ int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev, struct ta
 			.switch_out_ns = bpf_ktime_get_ns(),
 			.state = prev_state,
 		};
-		capture_stacks(ctx, &start.kstack_id, &start.ustack_id);
+		/* Both stacks now: after the wakeup the task may already run (on another CPU). */
+		start.kstack = current_stack(ctx, 0);
+		start.ustack = user_stacks_enabled ? current_stack(ctx, BPF_F_USER_STACK) : 0;
 		if (tid != 0 && bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY) != 0) {
 			struct sched_totals *t = totals();
 			if (t)

@@ -45,13 +45,20 @@ enum offcpu_state {
 	OFFCPU_NOT_BLOCKED = 0xff, /* preempted or still runnable: no off-CPU interval */
 };
 
-/* Blocked time aggregated by where the task blocked (opt-in). */
+/* A stack as the kernel's stack helpers write it: innermost frame first, zero-padded. */
+#define OFFCPU_STACK_DEPTH 127 /* PERF_MAX_STACK_DEPTH */
+struct stack_frames {
+	__u64 ips[OFFCPU_STACK_DEPTH];
+};
+
+/* Blocked time aggregated by where the task blocked (opt-in). Stacks are referred to by a hash
+ * of their frames, the key of offcpu_stack_frames; 0 = not captured. */
 struct offcpu_stack_key {
 	__u64 cgroup_id;
-	__u32 tgid;      /* process, for user-frame symbols and the root frame */
-	__u32 state;     /* enum offcpu_state */
-	__s32 kstack_id; /* in offcpu_stack_traces, negative when not captured */
-	__s32 ustack_id;
+	__u64 kstack; /* kernel stack */
+	__u64 ustack; /* user stack */
+	__u32 tgid;   /* process, for user-frame symbols and the root frame */
+	__u32 state;  /* enum offcpu_state */
 };
 
 struct offcpu_stack_value {
@@ -68,18 +75,19 @@ struct sched_task_state {
 	__u64 pcount;        /* task->sched_info.pcount: times it was switched in */
 	__u64 switch_out_ns; /* the run queue's clock (rq->clock) at that switch-out */
 	__u64 cgroup_id;     /* its cgroup then: a block is charged where it began */
+	__u64 kstack;        /* stacks on: its kernel stack, taken at its switch-in if the block was
+				long enough, else 0 */
+	__u64 ustack;        /* stacks on: its user stack, taken at that switch-out, else 0 */
 	__u32 slot;          /* cgroup_id's slot (or CGROUP_SLOT_NONE): the per-task cache */
 	__u32 state;         /* enum offcpu_state at that switch-out */
-	__s32 kstack_id;     /* its stacks, when stacks are on, else negative */
-	__s32 ustack_id;
 };
 
 /* Fallback (wakeup) path: a blocked task's switch-out, until its wakeup. */
 struct offcpu_start {
 	__u64 switch_out_ns;
+	__u64 kstack; /* stacks on: both taken at the switch-out */
+	__u64 ustack;
 	__u32 state;
-	__s32 kstack_id;
-	__s32 ustack_id;
 	__u32 pad;
 };
 
@@ -89,7 +97,7 @@ struct sched_totals {
 	__u64 runq_start_drops;          /* fallback: enqueue timestamps the start map could not hold */
 	struct sched_hist offcpu_overflow[OFFCPU_STATE_MAX]; /* blocks not in offcpu_hists */
 	__u64 offcpu_start_drops; /* fallback: switch-outs the start map could not hold */
-	__u64 stack_drops;        /* stack aggregates not recorded (a map full, or no stack id) */
+	__u64 stack_drops;        /* stack aggregates not recorded (a map full, or no stack taken) */
 };
 
 #endif /* KPULSE_BPF_SCHED_H */

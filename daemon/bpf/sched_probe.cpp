@@ -107,6 +107,7 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   rodata.max_slots = std::max(runq_slots, offcpu_slots);
   rodata.offcpu_min_block_ns = uint64_t{offcpu.min_block_us} * 1000;
   rodata.stacks_enabled = offcpu.enabled && offcpu.stacks.enabled;
+  rodata.user_stacks_enabled = rodata.stacks_enabled && offcpu.stacks.user;
   rodata.stack_min_block_ns = uint64_t{offcpu.stacks.min_block_us} * 1000;
 
   // Maps a configuration does not use still need a size: 1 entry.
@@ -118,7 +119,7 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
       {skeleton->maps.runq_start, runq.enabled && !info ? runq.max_tasks : 1},
       {skeleton->maps.offcpu_hists, offcpu_slots * OFFCPU_STATE_MAX},
       {skeleton->maps.offcpu_start, offcpu.enabled && !info ? offcpu.max_tasks : 1},
-      {skeleton->maps.offcpu_stack_traces, stacks ? offcpu.stacks.max_stacks : 1},
+      {skeleton->maps.offcpu_stack_frames, stacks ? offcpu.stacks.max_stacks : 1},
       {skeleton->maps.offcpu_stacks, stacks ? offcpu.stacks.max_entries : 1},
   };
   for (const auto& [map, entries] : sizes) {
@@ -305,15 +306,12 @@ tl::expected<std::vector<OffcpuStack>, std::string> SchedProbe::OffcpuStacksNow(
   auto entries = ReadHashMap<offcpu_stack_key, offcpu_stack_value>(
       bpf_map__fd(maps.offcpu_stacks), "offcpu_stacks", bpf_map__max_entries(maps.offcpu_stacks));
   if (!entries) return tl::unexpected(entries.error());
-  const int traces_fd = bpf_map__fd(maps.offcpu_stack_traces);
-  std::vector<uint64_t> frames(bpf_map__value_size(maps.offcpu_stack_traces) / sizeof(uint64_t));
-  auto read_frames = [&](int32_t id) {
+  const int frames_fd = bpf_map__fd(maps.offcpu_stack_frames);
+  stack_frames frames{};
+  auto read_frames = [&](uint64_t hash) {
     std::vector<uint64_t> out;
-    if (id < 0) return out;
-    const uint32_t key = static_cast<uint32_t>(id);
-    std::fill(frames.begin(), frames.end(), 0);
-    if (bpf_map_lookup_elem(traces_fd, &key, frames.data()) != 0) return out;
-    for (uint64_t ip : frames) {
+    if (hash == 0 || bpf_map_lookup_elem(frames_fd, &hash, &frames) != 0) return out;
+    for (uint64_t ip : frames.ips) {
       if (ip == 0) break;
       out.push_back(ip);
     }
@@ -323,8 +321,8 @@ tl::expected<std::vector<OffcpuStack>, std::string> SchedProbe::OffcpuStacksNow(
     OffcpuStack stack;
     stack.key = key;
     stack.value = value;
-    stack.kernel_frames = read_frames(key.kstack_id);
-    stack.user_frames = read_frames(key.ustack_id);
+    stack.kernel_frames = read_frames(key.kstack);
+    stack.user_frames = read_frames(key.ustack);
     stacks.push_back(std::move(stack));
   }
   return stacks;

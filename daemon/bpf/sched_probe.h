@@ -19,10 +19,10 @@ namespace kpulse {
 
 // Layout checks against the BPF target's (see bpf/sched/sched.h).
 static_assert(sizeof(sched_hist) == 8 * (SCHED_HIST_SLOTS + 1));
-static_assert(sizeof(offcpu_stack_key) == 24);
+static_assert(sizeof(offcpu_stack_key) == 32);
 static_assert(sizeof(offcpu_stack_value) == 16);
-static_assert(sizeof(sched_task_state) == 48);
-static_assert(sizeof(offcpu_start) == 24);
+static_assert(sizeof(sched_task_state) == 56);
+static_assert(sizeof(offcpu_start) == 32);
 static_assert(sizeof(sched_totals) == sizeof(sched_hist) * (1 + OFFCPU_STATE_MAX) + 3 * 8);
 
 /// Adds histogram `one` into `sum`.

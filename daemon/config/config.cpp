@@ -279,6 +279,7 @@ class Parser {
   void ParseOffcpuStacks(const Value& v, OffcpuStacksConfig& stacks) const {
     ParseMap(v, {
                     {"enabled", [&](const Value& c) { stacks.enabled = ParseBool(c); }},
+                    {"user", [&](const Value& c) { stacks.user = ParseBool(c); }},
                     {"min_block_us",
                      [&](const Value& c) { stacks.min_block_us = ParseUint(c, 0, 60000000); }},
                     {"max_stacks",

@@ -67,10 +67,11 @@ struct RunqueueConfig {
   bool per_cpu = false;        // Add a `cpu` label: one histogram per cgroup and CPU.
 };
 
-/// Off-CPU stacks (YAML `probes.offcpu.stacks`): blocked time by kernel + user stack, served as
-/// folded stacks at GET /debug/offcpu. Opt-in.
+/// Off-CPU stacks (YAML `probes.offcpu.stacks`): blocked time by kernel (+ user) stack, served
+/// as folded stacks at GET /debug/offcpu. Opt-in.
 struct OffcpuStacksConfig {
   bool enabled = false;
+  bool user = false;  // also the user stack: a frame-pointer walk at every blocking switch-out
   uint32_t min_block_us = 1000;  // 0..60000000: shorter blocks get no stack entry.
   uint32_t max_stacks = 16384;   // 16..1048576: distinct stack traces kept.
   uint32_t max_entries = 16384;  // 16..1048576: (cgroup, process, state, stacks) aggregates.

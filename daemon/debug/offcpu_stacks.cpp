@@ -32,9 +32,13 @@ std::string ProcessName(uint32_t tgid) {
   return "[pid " + std::to_string(tgid) + "]";  // exited since
 }
 
+// Innermost frames that say nothing about where a thread blocked: kpulse's own program, the
+// tracepoint glue that called it, and the scheduler's entry, which the wakeup hook's walk at the
+// switch-out starts in (the sched_info hook's walk of a sleeping task starts past them).
 bool IsProbeFrame(const std::string& name) {
   return name.ends_with(" [bpf]") || name.starts_with("bpf_trace_run") ||
-         name.starts_with("__bpf_trace_") || name.starts_with("bpf_prog_");
+         name.starts_with("__bpf_trace_") || name.starts_with("bpf_prog_") ||
+         name.starts_with("__traceiter_") || name == "__schedule" || name == "schedule";
 }
 
 HttpResponse TextResponse(unsigned status, std::string body) {
@@ -42,13 +46,13 @@ HttpResponse TextResponse(unsigned status, std::string body) {
 }
 
 using StackTotals =
-    std::map<std::tuple<uint64_t, uint32_t, uint32_t, int32_t, int32_t>, OffcpuStack>;
+    std::map<std::tuple<uint64_t, uint32_t, uint32_t, uint64_t, uint64_t>, OffcpuStack>;
 
 StackTotals ByKey(std::vector<OffcpuStack> stacks) {
   StackTotals totals;
   for (auto& stack : stacks) {
     const auto& k = stack.key;
-    totals[{k.cgroup_id, k.tgid, k.state, k.kstack_id, k.ustack_id}] = std::move(stack);
+    totals[{k.cgroup_id, k.tgid, k.state, k.kstack, k.ustack}] = std::move(stack);
   }
   return totals;
 }
@@ -67,7 +71,7 @@ FoldedStacks FoldOffcpuStacks(
     const std::vector<std::string> user = resolve_user(stack.key.tgid, stack.user_frames);
     for (auto it = user.rbegin(); it != user.rend(); ++it) line += ";" + FrameText(*it);
     std::vector<std::string> kernel = resolve_kernel(stack.kernel_frames);
-    // The innermost frames are kpulse's own program and the tracepoint glue that called it.
+    // Innermost first: drop the frames of the probe itself.
     auto own = kernel.begin();
     while (own != kernel.end() && IsProbeFrame(*own)) ++own;
     kernel.erase(kernel.begin(), own);
@@ -128,7 +132,7 @@ HttpResponse OffcpuStacksEndpoint::Render(const HttpRequest& request) const {
     stacks.clear();
     for (auto& stack : *second) {
       const auto& k = stack.key;
-      auto it = before.find({k.cgroup_id, k.tgid, k.state, k.kstack_id, k.ustack_id});
+      auto it = before.find({k.cgroup_id, k.tgid, k.state, k.kstack, k.ustack});
       if (it != before.end()) {
         stack.value.blocked_ns -= std::min(stack.value.blocked_ns, it->second.value.blocked_ns);
         stack.value.count -= std::min(stack.value.count, it->second.value.count);

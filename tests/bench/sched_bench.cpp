@@ -110,12 +110,13 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
 
   // What runs on sched_switch: the run-queue probe alone, with the off-CPU probe (the default),
-  // and with off-CPU stacks, for each hook.
-  auto options = [](kpulse::SchedHook hook, bool offcpu, bool stacks) {
+  // with off-CPU kernel stacks (stacks.enabled) and with user stacks too, for each hook.
+  auto options = [](kpulse::SchedHook hook, bool offcpu, bool stacks, bool user_stacks = false) {
     kpulse::SchedProbeOptions o;
     o.hook = hook;
     o.offcpu.enabled = offcpu;
     o.offcpu.stacks.enabled = stacks;
+    o.offcpu.stacks.user = user_stacks;
     return o;
   };
   using kpulse::SchedHook;
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
       {"sched_info runq", options(SchedHook::kSchedInfo, false, false)},
       {"sched_info runq+offcpu", options(SchedHook::kSchedInfo, true, false)},
       {"sched_info +stacks", options(SchedHook::kSchedInfo, true, true)},
+      {"sched_info +user stacks", options(SchedHook::kSchedInfo, true, true, true)},
       {"wakeup runq", options(SchedHook::kWakeup, false, false)},
       {"wakeup runq+offcpu", options(SchedHook::kWakeup, true, false)},
   };

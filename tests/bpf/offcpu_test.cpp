@@ -244,6 +244,7 @@ TEST_P(OffcpuProbeTest, DebugEndpointShowsTheFunctionAThreadBlockedIn) {
   TestCgroup cgroup("stk");
   OffcpuConfig offcpu;
   offcpu.stacks.enabled = true;
+  offcpu.stacks.user = true;
   offcpu.stacks.min_block_us = 10000;
   auto probe = StartProbe(offcpu);
   int feed[2];
@@ -270,15 +271,79 @@ TEST_P(OffcpuProbeTest, DebugEndpointShowsTheFunctionAThreadBlockedIn) {
   EXPECT_EQ(page.status, 200u);
   EXPECT_THAT(page.body, ::testing::HasSubstr(";kpulse_test_blocked_in_known_function;"))
       << page.body;
-  // Kernel frames follow the user frames, end in the scheduler (kpulse's own BPF frames are
-  // dropped), and a folded line ends in blocked microseconds.
+  // Kernel frames follow the user frames down to the pipe read (kpulse's own frames and the
+  // scheduler's entry are dropped), and a folded line ends in blocked microseconds.
   EXPECT_THAT(page.body, ::testing::ContainsRegex("kpulse_test_blocked_in_known_function;.*"
-                                                  "__schedule [0-9]+\n"));
-  EXPECT_THAT(page.body, ::testing::Not(::testing::HasSubstr("[bpf]")));
+                                                  "vfs_read;[a-z_]*pipe_read [0-9]+\n"));
+  for (const char* probe_frame : {"[bpf]", "__traceiter_", ";__schedule", ";schedule "}) {
+    EXPECT_THAT(page.body, ::testing::Not(::testing::HasSubstr(probe_frame)));
+  }
   const HttpResponse other_state = endpoint.Render(
       HttpRequest{"GET", "/debug/offcpu", {{"cgroup", cgroup.path()}, {"state", "disk"}}, false});
   EXPECT_THAT(other_state.body,
               ::testing::Not(::testing::HasSubstr("kpulse_test_blocked_in_known_function")));
+}
+
+// Stacks on with the defaults (kernel stacks only, min_block_us 10 ms here): in a child, a
+// thread naps 40 x 1 ms, then another blocks 3 x ~100 ms in a pipe read, while the main thread
+// waits to join each. The blocked time aggregated by stack must be the reader's and the main
+// thread's own truth (wall - exec - run_delay, each measured by itself) within 3% (as for the
+// totals), and must leave out the naps (40 ms, far beyond 3% of ~500 ms): a kernel stack is
+// taken only for blocks above the threshold. No user stack without `user`.
+TEST_P(OffcpuProbeTest, StacksCarryTheBlockedTimeOfBlocksAboveTheThreshold) {
+  TestCgroup cgroup("stkt");
+  OffcpuConfig offcpu;
+  offcpu.stacks.enabled = true;
+  offcpu.stacks.min_block_us = 10000;
+  auto probe = StartProbe(offcpu);
+  int feed[2], truth[2];
+  ASSERT_EQ(pipe(feed), 0);
+  ASSERT_EQ(pipe(truth), 0);
+  CgroupChild child(cgroup, [&] {
+    BlockedTruth main_thread;  // it only waits: to join the napper, then the reader
+    std::thread napper([] {
+      for (int i = 0; i < 40; ++i) std::this_thread::sleep_for(1ms);
+    });
+    napper.join();
+    int64_t reader_blocked = 0;
+    std::thread reader([&] {
+      BlockedTruth t;
+      char byte;
+      for (int i = 0; i < 3; ++i) {
+        if (read(feed[0], &byte, 1) != 1) return;
+      }
+      reader_blocked = t.BlockedNs();
+    });
+    reader.join();
+    const int64_t blocked = reader_blocked + main_thread.BlockedNs();
+    (void)!write(truth[1], &blocked, sizeof(blocked));
+    return 0;
+  });
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(100ms);
+    ASSERT_EQ(write(feed[1], "x", 1), 1);
+  }
+  int64_t truth_ns = 0;
+  ASSERT_EQ(read(truth[0], &truth_ns, sizeof(truth_ns)), static_cast<ssize_t>(sizeof(truth_ns)));
+  EXPECT_EQ(child.Wait(), 0);  // its threads' last switch-outs report their blocks
+
+  auto stacks = probe->OffcpuStacksNow();
+  ASSERT_TRUE(stacks) << stacks.error();
+  uint64_t stacked_ns = 0, blocks = 0;
+  for (const auto& stack : *stacks) {
+    if (stack.key.cgroup_id != cgroup.id() || stack.key.state != OFFCPU_SLEEP) continue;
+    stacked_ns += stack.value.blocked_ns;
+    blocks += stack.value.count;
+    EXPECT_FALSE(stack.kernel_frames.empty());
+    EXPECT_EQ(stack.key.ustack, 0u) << "no user stacks unless stacks.user";
+  }
+  std::printf("%s: blocked truth %.4f s, by stack %.4f s over %llu blocks\n",
+              std::string(ToString(GetParam())).c_str(), static_cast<double>(truth_ns) / 1e9,
+              static_cast<double>(stacked_ns) / 1e9, static_cast<unsigned long long>(blocks));
+  EXPECT_GT(truth_ns, 400'000'000) << "reader ~250 ms, main thread ~300 ms (setup)";
+  EXPECT_NEAR(static_cast<double>(stacked_ns), static_cast<double>(truth_ns),
+              0.03 * static_cast<double>(truth_ns));
+  EXPECT_EQ(blocks, 5u) << "3 reads and two joins";
 }
 
 INSTANTIATE_TEST_SUITE_P(BothHooks, OffcpuProbeTest,

@@ -172,7 +172,14 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
 
   const sched_hist x = Delta(CgroupHist(after, wakee.id()), CgroupHist(before, wakee.id()));
   const sched_hist y = Delta(CgroupHist(after, waker.id()), CgroupHist(before, waker.id()));
-  EXPECT_EQ(HistCount(x), static_cast<uint64_t>(kRounds)) << "one wait per wakeup";
+  // Every switch-in ends a wait: the 12 wakeups, and any preemption of the wakee by others.
+  const uint64_t switch_ins = wakee_after.pcount - wakee_before.pcount;
+  EXPECT_GE(switch_ins, static_cast<uint64_t>(kRounds));
+  if (GetParam() == SchedHook::kSchedInfo) {
+    EXPECT_EQ(HistCount(x), switch_ins) << "one wait per switch-in (schedstat pcount)";
+  } else {  // stamps at the tracepoints: a switch-in at the window's edge may fall either side
+    EXPECT_NEAR(static_cast<double>(HistCount(x)), static_cast<double>(switch_ins), 1.0);
+  }
   EXPECT_GE(x.slots[kExpectedSlot], static_cast<uint64_t>(kRounds - 1))
       << "~24 ms waits belong in [16.78, 33.55) ms";
   const double kernel_delay =
@@ -229,35 +236,32 @@ TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
   EXPECT_EQ(blocked_leaked, 0u) << "off-CPU start map entries of exited threads";
 }
 
-// per_cpu keys each histogram by the CPU whose run queue the thread waited on: threads pinned to
-// one CPU wait only there.
+// per_cpu keys each histogram by the CPU whose run queue the thread waited on: a process pinned
+// to one CPU from birth (it inherits the test thread's affinity) waits only there.
 TEST_P(RunqueueProbeTest, PerCpuHistogramsNameThePinnedCpu) {
   TestCgroup cgroup("rqcpu");
   RunqueueConfig config;
   config.per_cpu = true;
   auto probe = StartProbe(config);
-  const int cpu = cpu_;
+  cpu_set_t own_affinity;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(own_affinity), &own_affinity), 0);
+  PinToCpu(cpu_);
   CgroupChild spinners(cgroup, [&] {
     std::vector<std::thread> threads;
-    for (int i = 0; i < 2; ++i) {
-      threads.emplace_back([&] {
-        PinToCpu(cpu);
-        SpinFor(300ms);
-      });
-    }
+    for (int i = 0; i < 2; ++i) threads.emplace_back([&] { SpinFor(300ms); });
     for (auto& thread : threads) thread.join();
     return 0;
   });
+  ASSERT_EQ(sched_setaffinity(0, sizeof(own_affinity), &own_affinity), 0);
   EXPECT_EQ(spinners.Wait(), 0);
   std::map<uint32_t, uint64_t> waits_by_cpu;
   for (const auto& [key, hist] : Snapshot(*probe).hists) {
     if (key.cgroup_id == cgroup.id()) waits_by_cpu[key.cpu] += HistCount(hist);
   }
-  EXPECT_GT(waits_by_cpu[static_cast<uint32_t>(cpu)], 10u) << "two spinners share one CPU";
+  EXPECT_GT(waits_by_cpu[static_cast<uint32_t>(cpu_)], 10u) << "two spinners share one CPU";
   for (const auto& [key_cpu, waits] : waits_by_cpu) {
-    // The main thread (not pinned) may wait elsewhere; the spinners' waits are all on `cpu`.
-    if (key_cpu != static_cast<uint32_t>(cpu)) {
-      EXPECT_LE(waits, 3u) << "cpu " << key_cpu;
+    if (key_cpu != static_cast<uint32_t>(cpu_)) {
+      EXPECT_EQ(waits, 0u) << "cpu " << key_cpu;
     }
   }
   EXPECT_EQ(waits_by_cpu.count(kAllCpus), 0u);

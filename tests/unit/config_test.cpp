@@ -73,6 +73,7 @@ void ExpectSameSettings(const Config& actual, const Config& expected) {
   EXPECT_EQ(ao.max_cgroups, eo.max_cgroups);
   EXPECT_EQ(ao.max_tasks, eo.max_tasks);
   EXPECT_EQ(ao.stacks.enabled, eo.stacks.enabled);
+  EXPECT_EQ(ao.stacks.user, eo.stacks.user);
   EXPECT_EQ(ao.stacks.min_block_us, eo.stacks.min_block_us);
   EXPECT_EQ(ao.stacks.max_stacks, eo.stacks.max_stacks);
   EXPECT_EQ(ao.stacks.max_entries, eo.stacks.max_entries);
@@ -187,6 +188,7 @@ TEST(ConfigParse, OffcpuFields) {
       "    max_tasks: 4096\n"
       "    stacks:\n"
       "      enabled: true\n"
+      "      user: true\n"
       "      min_block_us: 0\n"
       "      max_stacks: 128\n"
       "      max_entries: 256\n",
@@ -198,6 +200,7 @@ TEST(ConfigParse, OffcpuFields) {
   EXPECT_EQ(offcpu.max_cgroups, 64u);
   EXPECT_EQ(offcpu.max_tasks, 4096u);
   EXPECT_TRUE(offcpu.stacks.enabled);
+  EXPECT_TRUE(offcpu.stacks.user);
   EXPECT_EQ(offcpu.stacks.min_block_us, 0u);
   EXPECT_EQ(offcpu.stacks.max_stacks, 128u);
   EXPECT_EQ(offcpu.stacks.max_entries, 256u);

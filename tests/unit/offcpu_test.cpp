@@ -41,7 +41,11 @@ sched_hist Hist(int slot, uint64_t count, uint64_t sum_ns) {
 OffcpuStack Stack(uint64_t cgroup, uint32_t tgid, uint32_t state, uint64_t blocked_ns,
                   std::vector<uint64_t> kernel, std::vector<uint64_t> user) {
   OffcpuStack stack;
-  stack.key = {cgroup, tgid, state, 1, 2};
+  stack.key.cgroup_id = cgroup;
+  stack.key.kstack = 1;
+  stack.key.ustack = 2;
+  stack.key.tgid = tgid;
+  stack.key.state = state;
   stack.value = {blocked_ns, 1};
   stack.kernel_frames = std::move(kernel);
   stack.user_frames = std::move(user);
@@ -84,11 +88,16 @@ TEST(OffcpuCollector, SecondsTotalAndDurationHistogramPerCgroupAndState) {
 
 TEST(FoldOffcpuStacks, RootFirstUserThenKernelFramesWithoutProbeFramesSummed) {
   const std::vector<OffcpuStack> stacks = {
-      Stack(1, 42, OFFCPU_SLEEP, 3000000, {0xa, 0xb, 0xc}, {0x1, 0x2}),
-      Stack(1, 42, OFFCPU_SLEEP, 2000000, {0xa, 0xb, 0xc}, {0x1, 0x2}),  // same names
+      Stack(1, 42, OFFCPU_SLEEP, 3000000, {0xa, 0xb, 0xc, 0xd, 0xe, 0xf}, {0x1, 0x2}),
+      Stack(1, 42, OFFCPU_SLEEP, 2000000, {0xa, 0xb, 0xc, 0xd, 0xe, 0xf}, {0x1, 0x2}),
   };
-  const std::map<uint64_t, std::string> kernel = {
-      {0xa, "bpf_prog_1234_sched_switch_info [bpf]"}, {0xb, "__schedule"}, {0xc, "do_sys_read"}};
+  // Innermost first, as the wakeup hook's walk at the switch-out sees them.
+  const std::map<uint64_t, std::string> kernel = {{0xa, "bpf_prog_1234_sched_switch_raw [bpf]"},
+                                                  {0xb, "__traceiter_sched_switch"},
+                                                  {0xc, "__schedule"},
+                                                  {0xd, "schedule"},
+                                                  {0xe, "schedule_timeout"},
+                                                  {0xf, "do_sys_read"}};
   const std::map<uint64_t, std::string> user = {{0x1, "read_loop"}, {0x2, "main"}};
   const FoldedStacks folded = FoldOffcpuStacks(
       stacks, [](uint32_t tgid) { return "app" + std::to_string(tgid); },
@@ -103,7 +112,8 @@ TEST(FoldOffcpuStacks, RootFirstUserThenKernelFramesWithoutProbeFramesSummed) {
         return names;
       });
   ASSERT_EQ(folded.size(), 1u);
-  EXPECT_EQ(folded.begin()->first, "app42;main;read_loop;do_sys_read;__schedule");
+  // The probe's own frames and the scheduler's entry go; the blocking path stays.
+  EXPECT_EQ(folded.begin()->first, "app42;main;read_loop;do_sys_read;schedule_timeout");
   EXPECT_EQ(folded.begin()->second, 5000u) << "microseconds";
 }
 
