@@ -47,6 +47,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool runq_enabled = true;
 const volatile bool offcpu_enabled = true;
 const volatile __u32 max_slots = 4096;          /* cgroup_slots max_entries */
+/* Slots below these have per-CPU histograms (no atomics; sized by user space to a memory
+ * budget); the rest share one histogram per slot, updated with atomic adds. */
+const volatile __u32 runq_hot_slots = 0;
+const volatile __u32 offcpu_hot_slots = 0;
+/* Slots each probe has histograms for (its max_cgroups); cgroups beyond go to the overflow. */
+const volatile __u32 runq_slots = 4096;
+const volatile __u32 offcpu_slots = 4096;
 const volatile __u64 offcpu_min_block_ns = 0;   /* shorter blocks are not counted */
 const volatile bool stacks_enabled = false;
 const volatile bool user_stacks_enabled = false; /* and user stacks too */
@@ -87,11 +94,25 @@ struct {
 } runq_hists SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1); /* resized by user space: runq_hot_slots */
+	__type(key, __u32);
+	__type(value, struct sched_hist);
+} runq_hot_hists SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 4096 * OFFCPU_STATE_MAX); /* resized by user space */
 	__type(key, __u32);
 	__type(value, struct sched_hist);
 } offcpu_hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, OFFCPU_STATE_MAX); /* resized by user space: offcpu_hot_slots x 4 */
+	__type(key, __u32);
+	__type(value, struct sched_hist);
+} offcpu_hot_hists SEC(".maps");
 
 /* Stack hash -> frames: each distinct stack once. Our own map rather than a STACK_TRACE map
  * because bpf_get_stackid() only walks the current task, and kernel stacks are taken from the
@@ -180,15 +201,28 @@ static __always_inline __u32 cgroup_slot(__u64 cgroup_id)
 	return slot ? *slot : CGROUP_SLOT_NONE;
 }
 
-/* Adds `samples` observations totalling `ns` to the histogram at `index` of the array `map`;
- * returns false when the index is out of range (the caller keeps the count elsewhere). */
-static __always_inline bool hist_add(void *map, __u32 index, __u64 ns, __u64 samples)
+/* Adds `samples` observations totalling `ns` to the histogram at `index`: of the per-CPU array
+ * `hot_map` if `hot` (plain adds: only this CPU writes its copy), else of the shared array
+ * `map` (atomic adds). Returns false when the index is out of range (the caller keeps the count
+ * elsewhere). */
+static __always_inline bool hist_add(void *hot_map, void *map, bool hot, __u32 index, __u64 ns,
+				     __u64 samples)
 {
-	struct sched_hist *hist = bpf_map_lookup_elem(map, &index);
+	/* samples > 1 only after a missed baseline: avoid the division otherwise. */
+	__u32 bucket = hist_slot(samples == 1 ? ns : ns / samples);
+	struct sched_hist *hist;
+	if (hot) {
+		hist = bpf_map_lookup_elem(hot_map, &index);
+		if (!hist)
+			return false;
+		hist->slots[bucket] += samples;
+		hist->sum_ns += ns;
+		return true;
+	}
+	hist = bpf_map_lookup_elem(map, &index);
 	if (!hist)
 		return false;
-	/* samples > 1 only after a missed baseline: avoid the division otherwise. */
-	__sync_fetch_and_add(&hist->slots[hist_slot(samples == 1 ? ns : ns / samples)], samples);
+	__sync_fetch_and_add(&hist->slots[bucket], samples);
 	__sync_fetch_and_add(&hist->sum_ns, ns);
 	return true;
 }
@@ -204,7 +238,9 @@ static __always_inline void overflow_add(struct sched_hist *hist, __u64 ns, __u6
  * at `slot`; with per_cpu, runq_hists is per-CPU and this CPU's copy is the one updated. */
 static __always_inline void runq_record(__u32 slot, __u64 delay_ns, __u64 samples)
 {
-	if (slot != CGROUP_SLOT_NONE && hist_add(&runq_hists, slot, delay_ns, samples))
+	bool hot = slot < runq_hot_slots;
+	if (slot < runq_slots && hist_add(&runq_hot_hists, &runq_hists, hot,
+					  hot ? slot : slot - runq_hot_slots, delay_ns, samples))
 		return;
 	struct sched_totals *t = totals();
 	if (t)
@@ -277,8 +313,9 @@ static __always_inline void offcpu_record(__u64 cgroup_id, __u32 slot, __u32 tgi
 	if (state >= OFFCPU_STATE_MAX || ns < offcpu_min_block_ns)
 		return;
 	struct sched_totals *t = NULL;
-	if (slot == CGROUP_SLOT_NONE ||
-	    !hist_add(&offcpu_hists, slot * OFFCPU_STATE_MAX + state, ns, 1)) {
+	bool hot = slot < offcpu_hot_slots;
+	__u32 index = (hot ? slot : slot - offcpu_hot_slots) * OFFCPU_STATE_MAX + state;
+	if (slot >= offcpu_slots || !hist_add(&offcpu_hot_hists, &offcpu_hists, hot, index, ns, 1)) {
 		t = totals();
 		if (t)
 			overflow_add(&t->offcpu_overflow[state], ns, 1);

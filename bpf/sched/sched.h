@@ -30,7 +30,10 @@ struct sched_hist {
  * the hot path indexes an array instead of hashing a key; the sched_info path caches its task's
  * slot in task storage, so it hashes only when the task's cgroup changes.
  * runq_hists[slot] (a PERCPU_ARRAY with the per_cpu option); offcpu_hists[slot *
- * OFFCPU_STATE_MAX + state].
+ * OFFCPU_STATE_MAX + state]. Slots below runq_hot_slots / offcpu_hot_slots (the cgroups that
+ * switched first: the busiest at load time) live in per-CPU twins of these arrays instead
+ * (runq_hot_hists, offcpu_hot_hists), updated without atomics; the shared arrays then start at
+ * slot runq_hot_slots / offcpu_hot_slots.
  */
 #define CGROUP_SLOT_NONE 0xffffffffu /* every slot taken: counted in sched_totals instead */
 

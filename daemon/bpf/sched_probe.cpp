@@ -39,6 +39,12 @@ bool SchedInfoCounting() {
   return static_cast<bool>(file >> exec_ns >> run_delay >> pcount) && pcount > 0;
 }
 
+// Slots that get per-CPU histograms within `budget` bytes; the rest share one histogram each.
+uint32_t HotSlots(uint32_t slots, size_t bytes_per_slot, int cpus, size_t budget) {
+  const size_t fit = budget / (bytes_per_slot * static_cast<size_t>(cpus));
+  return static_cast<uint32_t>(std::min<size_t>(slots, fit));
+}
+
 }  // namespace
 
 std::string_view ToString(SchedVariant variant) {
@@ -101,10 +107,23 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   // (a cgroup beyond them goes to that probe's overflow).
   const uint32_t runq_slots = runq.enabled ? runq.max_cgroups : 1;
   const uint32_t offcpu_slots = offcpu.enabled ? offcpu.max_cgroups : 1;
+  const int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) return tl::unexpected("counting CPUs failed: " + Errno(cpus));
   auto& rodata = *skeleton->rodata;
   rodata.runq_enabled = runq.enabled;
   rodata.offcpu_enabled = offcpu.enabled;
   rodata.max_slots = std::max(runq_slots, offcpu_slots);
+  rodata.runq_slots = runq_slots;
+  rodata.offcpu_slots = offcpu_slots;
+  // per_cpu makes every run-queue histogram per-CPU already.
+  const size_t budget = options.hot_histogram_bytes;
+  rodata.runq_hot_slots =
+      runq.enabled && !runq.per_cpu ? HotSlots(runq_slots, sizeof(sched_hist), cpus, budget) : 0;
+  rodata.offcpu_hot_slots =
+      offcpu.enabled ? HotSlots(offcpu_slots, OFFCPU_STATE_MAX * sizeof(sched_hist), cpus, budget)
+                     : 0;
+  const uint32_t runq_shared = std::max(runq_slots - rodata.runq_hot_slots, 1u);
+  const uint32_t offcpu_shared = std::max(offcpu_slots - rodata.offcpu_hot_slots, 1u);
   rodata.offcpu_min_block_ns = uint64_t{offcpu.min_block_us} * 1000;
   rodata.stacks_enabled = offcpu.enabled && offcpu.stacks.enabled;
   rodata.user_stacks_enabled = rodata.stacks_enabled && offcpu.stacks.user;
@@ -115,9 +134,11 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   const std::pair<bpf_map*, uint32_t> sizes[] = {
       {skeleton->maps.cgroup_slots, rodata.max_slots},
       {skeleton->maps.slot_owners, rodata.max_slots},
-      {skeleton->maps.runq_hists, runq_slots},
+      {skeleton->maps.runq_hists, runq_shared},
+      {skeleton->maps.runq_hot_hists, std::max(rodata.runq_hot_slots, 1u)},
       {skeleton->maps.runq_start, runq.enabled && !info ? runq.max_tasks : 1},
-      {skeleton->maps.offcpu_hists, offcpu_slots * OFFCPU_STATE_MAX},
+      {skeleton->maps.offcpu_hists, offcpu_shared * OFFCPU_STATE_MAX},
+      {skeleton->maps.offcpu_hot_hists, std::max(rodata.offcpu_hot_slots, 1u) * OFFCPU_STATE_MAX},
       {skeleton->maps.offcpu_start, offcpu.enabled && !info ? offcpu.max_tasks : 1},
       {skeleton->maps.offcpu_stack_frames, stacks ? offcpu.stacks.max_stacks : 1},
       {skeleton->maps.offcpu_stacks, stacks ? offcpu.stacks.max_entries : 1},
@@ -157,15 +178,18 @@ std::unique_ptr<SchedProbe> SchedProbe::Start(const SchedProbeOptions& options) 
     skeleton = LoadAndAttach(options, *variant);
   }
   if (!skeleton) throw std::runtime_error("scheduler probes: " + skeleton.error());
-  spdlog::info("scheduler probes ({}{}{}) attached via {}",
-               options.runqueue.enabled ? "runqueue_latency" : "",
-               options.runqueue.enabled && options.offcpu.enabled ? ", " : "",
-               options.offcpu.enabled ? "offcpu" : "", ToString(*variant));
-  return std::unique_ptr<SchedProbe>(new SchedProbe(std::move(*skeleton), *variant));
+  spdlog::info(
+      "scheduler probes ({}{}{}) attached via {}; per-CPU histograms for the first {} (run "
+      "queue) and {} (off-CPU) cgroups",
+      options.runqueue.enabled ? "runqueue_latency" : "",
+      options.runqueue.enabled && options.offcpu.enabled ? ", " : "",
+      options.offcpu.enabled ? "offcpu" : "", ToString(*variant),
+      (*skeleton)->rodata->runq_hot_slots, (*skeleton)->rodata->offcpu_hot_slots);
+  return std::unique_ptr<SchedProbe>(new SchedProbe(std::move(*skeleton), *variant, options));
 }
 
-SchedProbe::SchedProbe(Skeleton skeleton, SchedVariant variant)
-    : skeleton_(std::move(skeleton)), variant_(variant) {}
+SchedProbe::SchedProbe(Skeleton skeleton, SchedVariant variant, SchedProbeOptions options)
+    : skeleton_(std::move(skeleton)), variant_(variant), options_(std::move(options)) {}
 
 SchedProbe::~SchedProbe() = default;
 
@@ -180,34 +204,68 @@ tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> SchedProbe
 
 namespace {
 
-/// Histograms of `slots` in the array `map` (entries_per_slot consecutive entries each; per-CPU
-/// arrays: `cpus` copies of each entry), as add(cgroup_id, entry_in_slot, cpu, hist) calls,
-/// leaving out histograms with no observation. Returns the number of cgroups with a slot in it.
+/// One probe's histogram arrays: slots below `hot` in the per-CPU `hot_map`, the others in
+/// `shared_map` from index 0 = slot `hot` on (itself per-CPU with the per_cpu option).
+struct SlotHistArrays {
+  const bpf_map* hot_map;
+  const bpf_map* shared_map;
+  uint32_t hot;
+  uint32_t capacity;  // slots in both: the probe's max_cgroups
+  uint32_t entries_per_slot;
+};
+
+/// Calls add(cgroup_id, entry_in_slot, cpu, hist) for every histogram with an observation: a
+/// hot one summed over CPUs (cpu = kAllCpus), a shared one per CPU when its array is per-CPU.
+/// Returns the number of cgroups with a slot in these arrays.
 template <typename Add>
 tl::expected<uint32_t, std::string> ReadSlotHists(
-    const bpf_map* map, const std::vector<std::pair<uint64_t, uint32_t>>& slots,
-    uint32_t entries_per_slot, int cpus, Add add) {
-  const uint32_t capacity = bpf_map__max_entries(map) / entries_per_slot;
-  uint32_t used = 0, cgroups = 0;
+    const SlotHistArrays& arrays, const std::vector<std::pair<uint64_t, uint32_t>>& slots,
+    Add add) {
+  const int cpus = libbpf_num_possible_cpus();
+  if (cpus <= 0) return tl::unexpected("counting CPUs failed: " + Errno(cpus));
+  const uint32_t per_slot = arrays.entries_per_slot;
+  uint32_t hot_used = 0, shared_used = 0, cgroups = 0;
   for (const auto& [cgroup_id, slot] : slots) {
-    if (slot < capacity) {
-      used = std::max(used, slot + 1);
-      ++cgroups;
+    if (slot >= arrays.capacity) continue;
+    ++cgroups;
+    if (slot < arrays.hot) {
+      hot_used = std::max(hot_used, slot + 1);
+    } else {
+      shared_used = std::max(shared_used, slot - arrays.hot + 1);
     }
   }
-  const size_t entry_size = sizeof(sched_hist) * static_cast<size_t>(cpus);
-  std::vector<std::byte> values;
-  auto read = ReadArrayPrefixBytes(bpf_map__fd(map), bpf_map__name(map), used * entries_per_slot,
-                                   entry_size, values);
+  const bool shared_per_cpu = bpf_map__type(arrays.shared_map) == BPF_MAP_TYPE_PERCPU_ARRAY;
+  const int shared_cpus = shared_per_cpu ? cpus : 1;
+  std::vector<std::byte> hot_values, shared_values;
+  const size_t hot_entry = sizeof(sched_hist) * static_cast<size_t>(cpus);
+  const size_t shared_entry = sizeof(sched_hist) * static_cast<size_t>(shared_cpus);
+  auto read = ReadArrayPrefixBytes(bpf_map__fd(arrays.hot_map), bpf_map__name(arrays.hot_map),
+                                   hot_used * per_slot, hot_entry, hot_values);
   if (!read) return tl::unexpected(read.error());
+  read = ReadArrayPrefixBytes(bpf_map__fd(arrays.shared_map), bpf_map__name(arrays.shared_map),
+                              shared_used * per_slot, shared_entry, shared_values);
+  if (!read) return tl::unexpected(read.error());
+  auto hist_at = [](const std::byte* value, int cpu) {
+    sched_hist hist;
+    std::memcpy(&hist, value + static_cast<size_t>(cpu) * sizeof(sched_hist), sizeof(hist));
+    return hist;
+  };
   for (const auto& [cgroup_id, slot] : slots) {
-    if (slot >= capacity) continue;
-    for (uint32_t entry = 0; entry < entries_per_slot; ++entry) {
-      const std::byte* value = values.data() + (slot * entries_per_slot + entry) * entry_size;
-      for (int cpu = 0; cpu < cpus; ++cpu) {
-        sched_hist hist;
-        std::memcpy(&hist, value + cpu * sizeof(sched_hist), sizeof(sched_hist));
-        if (HistCount(hist) != 0) add(cgroup_id, entry, cpu, hist);
+    if (slot >= arrays.capacity) continue;
+    for (uint32_t entry = 0; entry < per_slot; ++entry) {
+      if (slot < arrays.hot) {
+        const std::byte* value = hot_values.data() + (slot * per_slot + entry) * hot_entry;
+        sched_hist sum{};
+        for (int cpu = 0; cpu < cpus; ++cpu) AddHist(sum, hist_at(value, cpu));
+        if (HistCount(sum) != 0) add(cgroup_id, entry, kAllCpus, sum);
+        continue;
+      }
+      const std::byte* value =
+          shared_values.data() + ((slot - arrays.hot) * per_slot + entry) * shared_entry;
+      for (int cpu = 0; cpu < shared_cpus; ++cpu) {
+        const sched_hist hist = hist_at(value, cpu);
+        if (HistCount(hist) == 0) continue;
+        add(cgroup_id, entry, shared_per_cpu ? static_cast<uint32_t>(cpu) : kAllCpus, hist);
       }
     }
   }
@@ -230,18 +288,15 @@ tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() co
 
   auto slots = CgroupSlots();
   if (!slots) return tl::unexpected(slots.error());
-  const bool per_cpu = bpf_map__type(maps.runq_hists) == BPF_MAP_TYPE_PERCPU_ARRAY;
-  const int cpus = per_cpu ? libbpf_num_possible_cpus() : 1;
-  if (cpus <= 0) return tl::unexpected("counting CPUs failed: " + Errno(cpus));
-  auto cgroups = ReadSlotHists(maps.runq_hists, *slots, 1, cpus,
-                               [&](uint64_t cgroup_id, uint32_t, int cpu, const sched_hist& hist) {
-                                 const uint32_t key_cpu =
-                                     per_cpu ? static_cast<uint32_t>(cpu) : kAllCpus;
-                                 snapshot.hists.push_back({RunqueueKey{cgroup_id, key_cpu}, hist});
-                               });
+  const SlotHistArrays arrays{maps.runq_hot_hists, maps.runq_hists,
+                              skeleton_->rodata->runq_hot_slots, options_.runqueue.max_cgroups, 1};
+  auto cgroups = ReadSlotHists(
+      arrays, *slots, [&](uint64_t cgroup_id, uint32_t, uint32_t cpu, const sched_hist& hist) {
+        snapshot.hists.push_back({RunqueueKey{cgroup_id, cpu}, hist});
+      });
   if (!cgroups) return tl::unexpected(cgroups.error());
   snapshot.cgroups = *cgroups;
-  snapshot.capacity = bpf_map__max_entries(maps.runq_hists);
+  snapshot.capacity = options_.runqueue.max_cgroups;
   return snapshot;
 }
 
@@ -288,14 +343,16 @@ tl::expected<OffcpuSnapshot, std::string> SchedProbe::OffcpuSnapshotNow() const 
   snapshot.stack_drops = totals->stack_drops;
   auto slots = CgroupSlots();
   if (!slots) return tl::unexpected(slots.error());
-  auto cgroups =
-      ReadSlotHists(maps.offcpu_hists, *slots, OFFCPU_STATE_MAX, 1,
-                    [&](uint64_t cgroup_id, uint32_t state, int, const sched_hist& hist) {
-                      snapshot.hists.push_back({OffcpuKey{cgroup_id, state}, hist});
-                    });
+  const SlotHistArrays arrays{maps.offcpu_hot_hists, maps.offcpu_hists,
+                              skeleton_->rodata->offcpu_hot_slots, options_.offcpu.max_cgroups,
+                              OFFCPU_STATE_MAX};
+  auto cgroups = ReadSlotHists(
+      arrays, *slots, [&](uint64_t cgroup_id, uint32_t state, uint32_t, const sched_hist& hist) {
+        snapshot.hists.push_back({OffcpuKey{cgroup_id, state}, hist});
+      });
   if (!cgroups) return tl::unexpected(cgroups.error());
   snapshot.cgroups = *cgroups;
-  snapshot.capacity = bpf_map__max_entries(maps.offcpu_hists) / OFFCPU_STATE_MAX;
+  snapshot.capacity = options_.offcpu.max_cgroups;
   return snapshot;
 }
 

@@ -110,11 +110,16 @@ SchedKernelFeatures ProbeSchedKernelFeatures();
 tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
                                                            const SchedKernelFeatures& kernel);
 
+/// Memory per probe for per-CPU histograms (see bpf/sched/sched.h): the first cgroups to get a
+/// slot get per-CPU histograms, updated without atomic adds, while they fit in it.
+inline constexpr size_t kDefaultHotHistogramBytes = size_t{8} << 20;
+
 /// What the scheduler object should do: either probe may be disabled (not both).
 struct SchedProbeOptions {
   RunqueueConfig runqueue;
   OffcpuConfig offcpu;
   SchedHook hook = SchedHook::kAuto;
+  size_t hot_histogram_bytes = kDefaultHotHistogramBytes;  // 0: every histogram shared
 };
 
 /// Owns the loaded and attached scheduler BPF object (skeleton, maps, links) serving the
@@ -145,7 +150,7 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   };
   using Skeleton = std::unique_ptr<sched_bpf, SkeletonDeleter>;
 
-  SchedProbe(Skeleton skeleton, SchedVariant variant);
+  SchedProbe(Skeleton skeleton, SchedVariant variant, SchedProbeOptions options);
   /// cgroup id -> slot of every cgroup that has one.
   tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> CgroupSlots() const;
   static tl::expected<Skeleton, std::string> LoadAndAttach(const SchedProbeOptions& options,
@@ -153,6 +158,7 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
 
   Skeleton skeleton_;
   SchedVariant variant_;
+  SchedProbeOptions options_;
 };
 
 }  // namespace kpulse

@@ -156,6 +156,11 @@ int main(int argc, char** argv) {
   kpulse::RetransConfig retrans_config;
   auto retrans = kpulse::RetransProbe::Start(retrans_config);
   kpulse::SchedProbeOptions sched_options;
+  // Every slot per-CPU, as on hosts where the cgroups fit the per-CPU budget (this VM's default):
+  // a scrape reads CPUs x the histograms.
+  const int cpus = libbpf_num_possible_cpus();
+  sched_options.hot_histogram_bytes =
+      size_t{4096} * OFFCPU_STATE_MAX * sizeof(sched_hist) * static_cast<size_t>(cpus);
   auto sched = kpulse::SchedProbe::Start(sched_options);
 
   // Synthetic content: distinct upstreams, cgroups with every probe's series.
@@ -172,8 +177,20 @@ int main(int argc, char** argv) {
   const int retrans_cgroups = MapFd(retrans->object(), "retrans_cgroups");
   const int cgroup_slots = MapFd(sched->object(), "cgroup_slots");
   const int slot_owners = MapFd(sched->object(), "slot_owners");
-  const int runq = MapFd(sched->object(), "runq_hists");
-  const int offcpu = MapFd(sched->object(), "offcpu_hists");
+  const int runq = MapFd(sched->object(), "runq_hot_hists");
+  const int offcpu = MapFd(sched->object(), "offcpu_hot_hists");
+  // A per-CPU value: the histogram on CPU 0, zeros elsewhere.
+  auto per_cpu = [cpus](const sched_hist& hist) {
+    std::vector<sched_hist> values(static_cast<size_t>(cpus));
+    values[0] = hist;
+    return values;
+  };
+  auto put_per_cpu = [](int fd, uint32_t index, const std::vector<sched_hist>& values) {
+    if (bpf_map_update_elem(fd, &index, values.data(), BPF_ANY) != 0) {
+      std::fprintf(stderr, "map update failed: %s\n", strerror(errno));
+      std::exit(1);
+    }
+  };
   const uint64_t kFirstId = 1ULL << 40;  // ids no real cgroup has
   const uint32_t kFirstSlot = 64;        // the host's own cgroups claim slots from 0
   for (int i = 0; i < kCgroups; ++i) {
@@ -184,9 +201,9 @@ int main(int argc, char** argv) {
     const uint32_t slot = kFirstSlot + static_cast<uint32_t>(i);
     Put(slot_owners, slot, id);
     Put(cgroup_slots, id, slot);
-    Put(runq, slot, SomeHist(i));
-    Put(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_SLEEP, SomeHist(i));
-    Put(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_DISK, SomeHist(i + 1));
+    put_per_cpu(runq, slot, per_cpu(SomeHist(i)));
+    put_per_cpu(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_SLEEP, per_cpu(SomeHist(i)));
+    put_per_cpu(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_DISK, per_cpu(SomeHist(i + 1)));
   }
   auto paths = [kFirstId](uint64_t id) -> std::optional<std::string> {
     return "/bench.slice/service-" + std::to_string(id - kFirstId) + ".service";

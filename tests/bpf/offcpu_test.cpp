@@ -90,8 +90,9 @@ class OffcpuProbeTest : public ::testing::TestWithParam<SchedHook> {
  protected:
   void SetUp() override { KPULSE_REQUIRE_ROOT(); }
 
-  std::unique_ptr<SchedProbe> StartProbe(OffcpuConfig offcpu = {}) {
-    auto probe = SchedProbe::Start({RunqueueConfig{}, offcpu, GetParam()});
+  std::unique_ptr<SchedProbe> StartProbe(OffcpuConfig offcpu = {},
+                                         size_t hot_histogram_bytes = kDefaultHotHistogramBytes) {
+    auto probe = SchedProbe::Start({RunqueueConfig{}, offcpu, GetParam(), hot_histogram_bytes});
     EXPECT_EQ(probe->hook(), ToString(GetParam()));
     return probe;
   }
@@ -101,6 +102,8 @@ class OffcpuProbeTest : public ::testing::TestWithParam<SchedHook> {
     if (!snapshot) ADD_FAILURE() << snapshot.error();
     return snapshot ? *snapshot : OffcpuSnapshot{};
   }
+
+  void ExpectSleepMatchesTruth(size_t hot_histogram_bytes);
 };
 
 // Threads of a child process in a fresh cgroup sleep in three ways (nanosleep, futex wait with a
@@ -109,10 +112,10 @@ class OffcpuProbeTest : public ::testing::TestWithParam<SchedHook> {
 // must match the sum within 3%. Residual: the truth window is a little wider than the blocks (a
 // few us of running at each end), and the wakeup hook stamps at the tracepoints, not at the
 // kernel's clock reads.
-TEST_P(OffcpuProbeTest, SleepTotalMatchesWallMinusExecMinusRunDelay) {
+void OffcpuProbeTest::ExpectSleepMatchesTruth(size_t hot_histogram_bytes) {
   constexpr int kRounds = 25;
   TestCgroup cgroup("off");
-  auto probe = StartProbe();
+  auto probe = StartProbe({}, hot_histogram_bytes);
   const sched_hist before = OffcpuHist(Snapshot(*probe), cgroup.id(), OFFCPU_SLEEP);
 
   int truth[2];
@@ -172,14 +175,24 @@ TEST_P(OffcpuProbeTest, SleepTotalMatchesWallMinusExecMinusRunDelay) {
   ASSERT_EQ(reports, 5);
 
   const sched_hist sleep = Delta(OffcpuHist(Snapshot(*probe), cgroup.id(), OFFCPU_SLEEP), before);
-  std::printf("%s: blocked (sleep) truth %.4f s, kpulse %.4f s over %llu blocks\n",
-              std::string(ToString(GetParam())).c_str(), static_cast<double>(truth_ns) / 1e9,
-              static_cast<double>(sleep.sum_ns) / 1e9,
+  std::printf("%s%s: blocked (sleep) truth %.4f s, kpulse %.4f s over %llu blocks\n",
+              std::string(ToString(GetParam())).c_str(),
+              hot_histogram_bytes < kDefaultHotHistogramBytes ? " (shared histograms)" : "",
+              static_cast<double>(truth_ns) / 1e9, static_cast<double>(sleep.sum_ns) / 1e9,
               static_cast<unsigned long long>(HistCount(sleep)));
   EXPECT_GT(truth_ns, 4 * kRounds * 15'000'000LL) << "four threads blocked ~0.5 s each (setup)";
   EXPECT_NEAR(static_cast<double>(sleep.sum_ns), static_cast<double>(truth_ns),
               0.03 * static_cast<double>(truth_ns));
   EXPECT_GE(HistCount(sleep), static_cast<uint64_t>(4 * kRounds));
+}
+
+TEST_P(OffcpuProbeTest, SleepTotalMatchesWallMinusExecMinusRunDelay) {
+  ExpectSleepMatchesTruth(kDefaultHotHistogramBytes);
+}
+
+// The same with every histogram shared (atomic adds), as for cgroups beyond the per-CPU budget.
+TEST_P(OffcpuProbeTest, SharedHistogramsMatchTheTruthToo) {
+  ExpectSleepMatchesTruth(test::OneHotRunqueueSlot());
 }
 
 // min_block_us drops shorter blocks from the totals and histograms: 20 ms naps under a 50 ms

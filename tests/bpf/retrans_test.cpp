@@ -224,7 +224,8 @@ TEST_P(RetransProbeTest, SynAckRetransmitsMatchServerTcpSynRetrans) {
     EXPECT_EQ(labels.rport, "0") << "a server folds its clients' ephemeral ports";
   }
   size_t server_flows = 0;
-  for (const auto& [key, value] : snapshot.flows) server_flows += key.netns_ino == server_ns.inode();
+  for (const auto& [key, value] : snapshot.flows)
+    server_flows += key.netns_ino == server_ns.inode();
   EXPECT_EQ(server_flows, 1u) << "two clients' connects from two ports: one server-side series";
 }
 

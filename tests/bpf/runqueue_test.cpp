@@ -50,9 +50,10 @@ class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
     cpu_ = static_cast<int>(std::thread::hardware_concurrency()) - 1;
   }
 
-  std::unique_ptr<SchedProbe> StartProbe(RunqueueConfig config = {}) {
+  std::unique_ptr<SchedProbe> StartProbe(RunqueueConfig config = {},
+                                         size_t hot_histogram_bytes = kDefaultHotHistogramBytes) {
     // As deployed by default: the off-CPU probe shares the program.
-    auto probe = SchedProbe::Start({config, OffcpuConfig{}, GetParam()});
+    auto probe = SchedProbe::Start({config, OffcpuConfig{}, GetParam(), hot_histogram_bytes});
     EXPECT_EQ(probe->hook(), ToString(GetParam()));
     return probe;
   }
@@ -63,6 +64,8 @@ class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
     return snapshot ? *snapshot : RunqueueSnapshot{};
   }
 
+  void ExpectCgroupMatchesSchedstat(size_t hot_histogram_bytes);
+
   int cpu_ = 0;
 };
 
@@ -72,11 +75,13 @@ class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
 // Tolerance 3%: the wakeup hook timestamps a wakeup at the tracepoint, a little after the
 // kernel's own enqueue clock read, and a preempted task at the switch-out tracepoint; the
 // sched_info hook reads the kernel's own numbers and must agree exactly. An idle cgroup next to
-// it must get no run-queue time at all.
-TEST_P(RunqueueProbeTest, CgroupSumAndCountMatchSchedstatRunDelayAndPcount) {
+// it must get no run-queue time at all. Run with per-CPU histograms (the default on this host:
+// every cgroup fits the budget) and with shared ones (atomic adds; one hot slot before them, so
+// the shared array's offset is exercised too).
+void RunqueueProbeTest::ExpectCgroupMatchesSchedstat(size_t hot_histogram_bytes) {
   constexpr int kSpinners = 3;
   TestCgroup busy("rq"), idle("rqidle");
-  auto probe = StartProbe();
+  auto probe = StartProbe({}, hot_histogram_bytes);
 
   int go[2];
   ASSERT_EQ(pipe(go), 0);
@@ -115,9 +120,10 @@ TEST_P(RunqueueProbeTest, CgroupSumAndCountMatchSchedstatRunDelayAndPcount) {
       Delta(CgroupHist(kpulse_after, busy.id()), CgroupHist(kpulse_before, busy.id()));
   const double kernel_delay = static_cast<double>(after.run_delay_ns - before.run_delay_ns);
   const double kernel_pcount = static_cast<double>(after.pcount - before.pcount);
-  std::printf("%s: run_delay kernel %.3f s, kpulse %.3f s; pcount kernel %.0f, kpulse %llu\n",
-              std::string(ToString(GetParam())).c_str(), kernel_delay * 1e-9,
-              static_cast<double>(kpulse.sum_ns) * 1e-9, kernel_pcount,
+  std::printf("%s%s: run_delay kernel %.3f s, kpulse %.3f s; pcount kernel %.0f, kpulse %llu\n",
+              std::string(ToString(GetParam())).c_str(),
+              hot_histogram_bytes < kDefaultHotHistogramBytes ? " (shared histograms)" : "",
+              kernel_delay * 1e-9, static_cast<double>(kpulse.sum_ns) * 1e-9, kernel_pcount,
               static_cast<unsigned long long>(HistCount(kpulse)));
   EXPECT_GT(kernel_delay, 1e9) << "3 spinners on one CPU for 2 s wait > 1 s in all (setup)";
   EXPECT_NEAR(static_cast<double>(kpulse.sum_ns), kernel_delay, 0.03 * kernel_delay);
@@ -126,6 +132,14 @@ TEST_P(RunqueueProbeTest, CgroupSumAndCountMatchSchedstatRunDelayAndPcount) {
   const sched_hist idle_delta = Delta(CgroupHist(kpulse_after, idle.id()), idle_before);
   EXPECT_EQ(HistCount(idle_delta), 0u);
   EXPECT_EQ(idle_delta.sum_ns, 0u);
+}
+
+TEST_P(RunqueueProbeTest, CgroupSumAndCountMatchSchedstatRunDelayAndPcount) {
+  ExpectCgroupMatchesSchedstat(kDefaultHotHistogramBytes);
+}
+
+TEST_P(RunqueueProbeTest, SharedHistogramsMatchSchedstatToo) {
+  ExpectCgroupMatchesSchedstat(test::OneHotRunqueueSlot());
 }
 
 // A normal thread in cgroup X is woken by a SCHED_FIFO thread of cgroup Y on the same CPU, which

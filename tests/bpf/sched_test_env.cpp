@@ -1,5 +1,6 @@
 #include "sched_test_env.h"
 
+#include <bpf/libbpf.h>
 #include <dirent.h>
 #include <sched.h>
 #include <signal.h>
@@ -96,6 +97,10 @@ void PinToCpu(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   sched_setaffinity(0, sizeof(set), &set);
+}
+
+size_t OneHotRunqueueSlot() {
+  return sizeof(sched_hist) * static_cast<size_t>(libbpf_num_possible_cpus());
 }
 
 void SpinFor(std::chrono::microseconds duration) {

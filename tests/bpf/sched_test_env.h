@@ -42,6 +42,11 @@ sched_hist Delta(const sched_hist& after, const sched_hist& before);
 void PinToCpu(int cpu);
 void SpinFor(std::chrono::microseconds duration);
 
+/// A SchedProbeOptions::hot_histogram_bytes that gives the run-queue probe one slot of per-CPU
+/// histograms and the off-CPU probe none: a test cgroup (never the first to switch after load)
+/// then lives in the shared arrays, past the hot slot.
+size_t OneHotRunqueueSlot();
+
 /// A process created with fork() that joins `cgroup`, runs `body`, and exits with its value;
 /// killed and reaped on destruction if still running.
 class CgroupChild {
