@@ -66,6 +66,27 @@ class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
 
   void ExpectCgroupMatchesSchedstat(size_t hot_histogram_bytes);
 
+  // A child in `cgroup` with `count` threads pinned to cpu_: each waits for a byte on `go_fd`,
+  // spins for `spin`, then sleeps until killed.
+  CgroupChild SpinnersOnOneCpu(const TestCgroup& cgroup, int count, int go_fd,
+                               std::chrono::milliseconds spin) const {
+    const int cpu = cpu_;
+    return CgroupChild(cgroup, [=] {
+      std::vector<std::thread> threads;
+      for (int i = 0; i < count; ++i) {
+        threads.emplace_back([=] {
+          PinToCpu(cpu);
+          char byte;
+          if (read(go_fd, &byte, 1) != 1) return;
+          SpinFor(spin);
+          pause();
+        });
+      }
+      for (auto& thread : threads) thread.join();
+      return 0;
+    });
+  }
+
   int cpu_ = 0;
 };
 
@@ -85,21 +106,7 @@ void RunqueueProbeTest::ExpectCgroupMatchesSchedstat(size_t hot_histogram_bytes)
 
   int go[2];
   ASSERT_EQ(pipe(go), 0);
-  const int cpu = cpu_;
-  CgroupChild spinners(busy, [&] {
-    std::vector<std::thread> threads;
-    for (int i = 0; i < kSpinners; ++i) {
-      threads.emplace_back([&] {
-        PinToCpu(cpu);
-        char byte;
-        if (read(go[0], &byte, 1) != 1) return;
-        SpinFor(2s);
-        pause();  // asleep until killed
-      });
-    }
-    for (auto& thread : threads) thread.join();
-    return 0;
-  });
+  CgroupChild spinners = SpinnersOnOneCpu(busy, kSpinners, go[0], 2s);
   CgroupChild idler(idle, [] {
     pause();
     return 0;
@@ -296,21 +303,7 @@ TEST_P(RunqueueProbeTest, CgroupsBeyondTheSlotsGoToTheOverflow) {
   auto probe = StartProbe(config);
   int go[2];
   ASSERT_EQ(pipe(go), 0);
-  const int cpu = cpu_;
-  CgroupChild spinners(cgroup, [&] {
-    std::vector<std::thread> threads;
-    for (int i = 0; i < kSpinners; ++i) {
-      threads.emplace_back([&] {
-        PinToCpu(cpu);
-        char byte;
-        if (read(go[0], &byte, 1) != 1) return;
-        SpinFor(1s);
-        pause();
-      });
-    }
-    for (auto& thread : threads) thread.join();
-    return 0;
-  });
+  CgroupChild spinners = SpinnersOnOneCpu(cgroup, kSpinners, go[0], 1s);
   ASSERT_TRUE(WaitAllAsleep(spinners.pid(), kSpinners + 1, 5s));
   const SchedStat before = ProcessSchedStat(spinners.pid());
   const RunqueueSnapshot kpulse_before = Snapshot(*probe);
