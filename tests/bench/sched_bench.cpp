@@ -7,6 +7,7 @@
 // usage: kpulse_sched_bench [rounds=5] [seconds_per_round=1]   (root)
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <prometheus/metric_family.h>
 #include <sched.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "bpf/sched_probe.h"
+#include "collect/bpf_program_collector.h"
 
 namespace {
 
@@ -81,6 +83,19 @@ struct ProgramCost {
   uint64_t runs = 0, ns = 0;
 };
 
+// ns per run as a user sees it: kpulse's own self-metrics,
+// kpulse_bpf_program_run_seconds_total / kpulse_bpf_program_runs_total, summed over programs.
+double SelfMetricNsPerRun(const bpf_object* object) {
+  double seconds = 0, runs = 0;
+  for (const auto& family : kpulse::BpfProgramCollector({object}).Collect()) {
+    for (const auto& metric : family.metric) {
+      if (family.name == "kpulse_bpf_program_run_seconds_total") seconds += metric.counter.value;
+      if (family.name == "kpulse_bpf_program_runs_total") runs += metric.counter.value;
+    }
+  }
+  return runs > 0 ? seconds * 1e9 / runs : 0.0;
+}
+
 std::map<std::string, ProgramCost> ProgramCosts(const bpf_object* object) {
   std::map<std::string, ProgramCost> costs;
   bpf_program* program = nullptr;
@@ -133,6 +148,7 @@ int main(int argc, char** argv) {
   // stats on for its cost per run (stats add their own clock reads, so not in the same run).
   std::map<std::string, std::vector<double>> rates, ns_per_run, ns_per_switch;
   std::map<std::string, std::map<std::string, ProgramCost>> last_costs;
+  std::map<std::string, double> last_self_metric;
   PingPong(cpu, 0.3);  // warm-up
   for (int round = 0; round < rounds; ++round) {
     rates["baseline"].push_back(PingPong(cpu, seconds));
@@ -145,6 +161,7 @@ int main(int argc, char** argv) {
       auto probe = kpulse::SchedProbe::Start(variant);
       PingPong(cpu, seconds);
       const auto costs = ProgramCosts(probe->object());
+      last_self_metric[name] = SelfMetricNsPerRun(probe->object());
       close(stats_fd);
       uint64_t runs = 0, ns = 0, switches = 0;
       for (const auto& [program, cost] : costs) {
@@ -168,11 +185,17 @@ int main(int argc, char** argv) {
     std::printf("%-24s %14.0f %8.3f %14.1f %16.1f\n", name.c_str(), Median(rates[name]),
                 Median(rates[name]) / baseline, Median(ns_per_run[name]),
                 Median(ns_per_switch[name]));
+    uint64_t runs = 0, ns = 0;
     for (const auto& [program, cost] : last_costs[name]) {  // the last round's, per program
       std::printf("  %-24s runs %10llu  %6.1f ns/run\n", program.c_str(),
                   static_cast<unsigned long long>(cost.runs),
                   cost.runs ? double(cost.ns) / double(cost.runs) : 0.0);
+      runs += cost.runs;
+      ns += cost.ns;
     }
+    // The same round through the exported self-metrics (read just after): they must agree.
+    std::printf("  %-24s %6.1f ns/run (harness %6.1f)\n", "self-metrics", last_self_metric[name],
+                runs ? double(ns) / double(runs) : 0.0);
   }
   return 0;
 }
