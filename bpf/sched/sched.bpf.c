@@ -195,7 +195,12 @@ static __always_inline __u32 cgroup_slot(__u64 cgroup_id)
 			continue; /* another CPU claimed it */
 		if (bpf_map_update_elem(&cgroup_slots, &cgroup_id, &fresh, BPF_NOEXIST) == 0)
 			return fresh;
-		break; /* another CPU gave this cgroup a slot meanwhile; ours stays unused */
+		/* Another CPU gave this cgroup a slot meanwhile: give ours back (slots are never
+		 * freed otherwise, and the first ones are the per-CPU ones). */
+		bpf_map_delete_elem(&slot_owners, &fresh);
+		if (next_slot == fresh + 1)
+			next_slot = fresh;
+		break;
 	}
 	slot = bpf_map_lookup_elem(&cgroup_slots, &cgroup_id);
 	return slot ? *slot : CGROUP_SLOT_NONE;
@@ -277,6 +282,12 @@ static __always_inline __u64 keep_stack(struct stack_frames *frames, long bytes)
 			break;
 		hash = (hash ^ frames->ips[i]) * 1099511628211ULL;
 	}
+	/* Whole-word FNV leaves the low bits depending on low input bits only: mix (splitmix64). */
+	hash ^= hash >> 30;
+	hash *= 0xbf58476d1ce4e5b9ULL;
+	hash ^= hash >> 27;
+	hash *= 0x94d049bb133111ebULL;
+	hash ^= hash >> 31;
 	hash |= 1; /* never 0, which means "none" */
 	if (bpf_map_lookup_elem(&offcpu_stack_frames, &hash))
 		return hash;

@@ -72,7 +72,7 @@ MapReadResult ReadArrayPrefixBytes(int map_fd, const char* map_name, uint32_t co
   values.resize(static_cast<size_t>(count) * entry_size);
   std::vector<uint32_t> keys(count);
   uint32_t total = 0;
-  uint32_t cursor = 0;  // for arrays, the next index
+  uint32_t cursor = 0;  // opaque to us: the kernel's position (for arrays, the last key copied)
   LIBBPF_OPTS(bpf_map_batch_opts, opts);
   while (total < count) {
     __u32 chunk = count - total;

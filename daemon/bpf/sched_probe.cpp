@@ -153,6 +153,14 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
         err != 0) {
       return tl::unexpected("making runq_hists per-CPU failed: " + Errno(err));
     }
+    // Every cgroup's histogram then has a copy per possible CPU, outside the per-CPU budget.
+    const double mib = static_cast<double>(runq_slots) * cpus * sizeof(sched_hist) / (1 << 20);
+    if (mib > static_cast<double>(kDefaultHotHistogramBytes) / (1 << 20)) {
+      spdlog::warn(
+          "probes.runqueue_latency.per_cpu: {} cgroups x {} CPUs take {:.0f} MiB of kernel "
+          "memory; lower max_cgroups if that is too much",
+          runq_slots, cpus, mib);
+    }
   }
   if (int err = sched_bpf__load(skeleton.get()); err != 0) {
     return tl::unexpected("loading the sched BPF programs (" + std::string(ToString(variant)) +

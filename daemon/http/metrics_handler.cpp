@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <streambuf>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -45,65 +46,77 @@ class StringAppendBuf final : public std::streambuf {
   std::string& out_;
 };
 
+// On a new thread, or deferred to get() when no thread can be created (e.g. the unit's TasksMax):
+// the part then runs on the caller's thread instead of failing the scrape.
+template <typename Function>
+auto StartAsync(Function function) {
+  try {
+    return std::async(std::launch::async, function);
+  } catch (const std::system_error&) {
+    return std::async(std::launch::deferred, function);
+  }
+}
+
 // Lines a metric takes in the text format: a histogram's buckets, +Inf, _sum and _count.
 size_t LineCount(const prometheus::MetricFamily& family, const prometheus::ClientMetric& metric) {
   return family.type == prometheus::MetricType::Histogram ? metric.histogram.bucket.size() + 3 : 1;
 }
 
-// A run of one family's metrics, serialised by one worker. A piece that continues a family
-// split across workers must not repeat the family's "# HELP" / "# TYPE" lines.
-struct Piece {
-  prometheus::MetricFamily family;
-  bool continuation = false;
+// What one worker serialises: whole families, except that the first may continue a family
+// split from the previous run (it must not repeat the family's header lines) and the last may be
+// cut short.
+struct Run {
+  std::vector<prometheus::MetricFamily> families;
+  bool starts_with_continuation = false;
 };
 
-void AppendPiece(std::string& out, const Piece& piece) {
+// Serialises `run` onto `out` in one TextSerializer call (a family per element, moved in, never
+// copied), then drops a continuation's header. Its help is left empty, so the serialiser wrote
+// just its "# TYPE" line (a "# HELP" line too, should a version write one for empty help).
+void SerializeRun(std::string& out, const Run& run) {
   const size_t start = out.size();
   {
     StringAppendBuf buffer(out);
     std::ostream stream(&buffer);
-    prometheus::TextSerializer().Serialize(stream, {piece.family});
+    prometheus::TextSerializer().Serialize(stream, run.families);
   }
-  if (piece.continuation) {
-    // Its help is empty, so the serialiser wrote exactly one header line: "# TYPE ...".
-    const size_t end_of_type = out.find('\n', start);
-    out.erase(start,
-              end_of_type == std::string::npos ? std::string::npos : end_of_type + 1 - start);
+  if (!run.starts_with_continuation) return;
+  const std::string& name = run.families.front().name;
+  size_t end = start;
+  for (const char* header : {"# HELP ", "# TYPE "}) {
+    const std::string prefix = header + name + " ";
+    if (out.compare(end, prefix.size(), prefix) != 0) continue;
+    const size_t newline = out.find('\n', end);
+    end = newline == std::string::npos ? out.size() : newline + 1;
   }
+  out.erase(start, end - start);
 }
 
 // Cuts `families` into `workers` runs of about equal line counts, splitting large families.
-std::vector<std::vector<Piece>> Partition(std::vector<prometheus::MetricFamily> families,
-                                          size_t total_lines, size_t workers) {
-  std::vector<std::vector<Piece>> runs(workers);
+std::vector<Run> Partition(std::vector<prometheus::MetricFamily> families, size_t total_lines,
+                           size_t workers) {
+  std::vector<Run> runs(workers);
   const size_t per_worker = (total_lines + workers - 1) / workers;
   size_t run = 0, lines_in_run = 0;
   for (auto& family : families) {
-    Piece piece;
-    piece.family.name = family.name;
-    piece.family.help = family.help;
-    piece.family.type = family.type;
+    prometheus::MetricFamily piece{family.name, family.help, family.type, {}};
     for (auto& metric : family.metric) {
       const size_t lines = LineCount(family, metric);
       if (lines_in_run + lines > per_worker && lines_in_run > 0 && run + 1 < workers) {
-        const bool started = !piece.family.metric.empty();
-        if (started) runs[run].push_back(std::move(piece));
+        const bool started = !piece.metric.empty();
+        if (started) runs[run].families.push_back(std::move(piece));
         ++run;
         lines_in_run = 0;
-        piece = Piece{};
-        piece.family.name = family.name;
-        piece.family.type = family.type;
-        if (started) {
-          piece.continuation = true;  // help stays empty: one header line to drop
-        } else {
-          piece.family.help = family.help;
-        }
+        // A continuation keeps no help, so that the serialiser writes one header line for it.
+        piece = prometheus::MetricFamily{family.name, started ? "" : family.help, family.type, {}};
+        runs[run].starts_with_continuation = started;
       }
-      piece.family.metric.push_back(std::move(metric));
+      piece.metric.push_back(std::move(metric));
       lines_in_run += lines;
     }
     // An empty family still gets its header lines, as the serialiser writes them.
-    if (!piece.family.metric.empty() || !piece.continuation) runs[run].push_back(std::move(piece));
+    const bool continuation = runs[run].starts_with_continuation && runs[run].families.empty();
+    if (!piece.metric.empty() || !continuation) runs[run].families.push_back(std::move(piece));
   }
   return runs;
 }
@@ -133,15 +146,16 @@ std::string SerializeText(std::vector<prometheus::MetricFamily> families, size_t
   auto serialize_run = [&runs](size_t run, size_t reserve) {
     std::string text;
     text.reserve(reserve);
-    for (const auto& piece : runs[run]) AppendPiece(text, piece);
+    SerializeRun(text, runs[run]);
     // Freeing ~100k metrics' label strings takes milliseconds: each worker frees its own.
-    std::vector<Piece>().swap(runs[run]);
+    std::vector<prometheus::MetricFamily>().swap(runs[run].families);
     return text;
   };
   std::vector<std::future<std::string>> others;
   for (size_t run = 1; run < workers; ++run) {
-    others.push_back(std::async(std::launch::async, serialize_run, run,
-                                expected_bytes / workers + expected_bytes / 16));
+    const size_t reserve = expected_bytes / workers + expected_bytes / 16;
+    others.push_back(
+        StartAsync([&serialize_run, run, reserve] { return serialize_run(run, reserve); }));
   }
   std::string text = serialize_run(0, expected_bytes);  // the whole page ends up here
   for (auto& other : others) text += other.get();
@@ -162,8 +176,8 @@ HttpResponse MetricsEndpoint::Render(const HttpRequest& /*request*/) const {
   // Collectors are independent (each reads its own maps): run them at once.
   std::vector<std::future<std::vector<prometheus::MetricFamily>>> collected;
   for (size_t i = 1; i < collectables_.size(); ++i) {
-    collected.push_back(std::async(
-        std::launch::async, [&collectable = *collectables_[i]] { return collectable.Collect(); }));
+    collected.push_back(
+        StartAsync([&collectable = *collectables_[i]] { return collectable.Collect(); }));
   }
   std::vector<std::vector<prometheus::MetricFamily>> parts;
   if (!collectables_.empty()) parts.push_back(collectables_.front()->Collect());

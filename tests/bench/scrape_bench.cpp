@@ -192,14 +192,19 @@ int main(int argc, char** argv) {
     }
   };
   const uint64_t kFirstId = 1ULL << 40;  // ids no real cgroup has
-  const uint32_t kFirstSlot = 64;        // the host's own cgroups claim slots from 0
+  // Slots are claimed as the program claims them (BPF_NOEXIST in slot_owners), from 64 on: the
+  // host's own cgroups claim theirs from 0 meanwhile.
+  uint32_t next_free = 64;
+  auto claim_slot = [&](uint64_t id) {
+    while (bpf_map_update_elem(slot_owners, &next_free, &id, BPF_NOEXIST) != 0) ++next_free;
+    return next_free++;
+  };
   for (int i = 0; i < kCgroups; ++i) {
     const uint64_t id = kFirstId + static_cast<uint64_t>(i);
     for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
       Put(retrans_cgroups, retrans_cgroup_key{id, kind, 0}, retrans_cgroup_value{7});
     }
-    const uint32_t slot = kFirstSlot + static_cast<uint32_t>(i);
-    Put(slot_owners, slot, id);
+    const uint32_t slot = claim_slot(id);
     Put(cgroup_slots, id, slot);
     put_per_cpu(runq, slot, per_cpu(SomeHist(i)));
     put_per_cpu(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_SLEEP, per_cpu(SomeHist(i)));

@@ -190,9 +190,10 @@ TEST_P(OffcpuProbeTest, SleepTotalMatchesWallMinusExecMinusRunDelay) {
   ExpectSleepMatchesTruth(kDefaultHotHistogramBytes);
 }
 
-// The same with every histogram shared (atomic adds), as for cgroups beyond the per-CPU budget.
+// The same in the shared histograms (atomic adds), as for cgroups beyond the per-CPU budget: one
+// hot slot, so that the test cgroup is past it (the shared array's offset is exercised too).
 TEST_P(OffcpuProbeTest, SharedHistogramsMatchTheTruthToo) {
-  ExpectSleepMatchesTruth(test::OneHotRunqueueSlot());
+  ExpectSleepMatchesTruth(test::OneHotSlot(OFFCPU_STATE_MAX * sizeof(sched_hist)));
 }
 
 // min_block_us drops shorter blocks from the totals and histograms: 20 ms naps under a 50 ms

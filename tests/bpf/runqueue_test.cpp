@@ -146,7 +146,7 @@ TEST_P(RunqueueProbeTest, CgroupSumAndCountMatchSchedstatRunDelayAndPcount) {
 }
 
 TEST_P(RunqueueProbeTest, SharedHistogramsMatchSchedstatToo) {
-  ExpectCgroupMatchesSchedstat(test::OneHotRunqueueSlot());
+  ExpectCgroupMatchesSchedstat(test::OneHotSlot(sizeof(sched_hist)));
 }
 
 // A normal thread in cgroup X is woken by a SCHED_FIFO thread of cgroup Y on the same CPU, which

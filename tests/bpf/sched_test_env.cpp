@@ -99,8 +99,8 @@ void PinToCpu(int cpu) {
   sched_setaffinity(0, sizeof(set), &set);
 }
 
-size_t OneHotRunqueueSlot() {
-  return sizeof(sched_hist) * static_cast<size_t>(libbpf_num_possible_cpus());
+size_t OneHotSlot(size_t bytes_per_slot) {
+  return bytes_per_slot * static_cast<size_t>(libbpf_num_possible_cpus());
 }
 
 void SpinFor(std::chrono::microseconds duration) {

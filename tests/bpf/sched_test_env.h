@@ -42,10 +42,10 @@ sched_hist Delta(const sched_hist& after, const sched_hist& before);
 void PinToCpu(int cpu);
 void SpinFor(std::chrono::microseconds duration);
 
-/// A SchedProbeOptions::hot_histogram_bytes that gives the run-queue probe one slot of per-CPU
-/// histograms and the off-CPU probe none: a test cgroup (never the first to switch after load)
-/// then lives in the shared arrays, past the hot slot.
-size_t OneHotRunqueueSlot();
+/// A SchedProbeOptions::hot_histogram_bytes that gives a probe whose histograms take
+/// `bytes_per_slot` per cgroup exactly one slot of per-CPU histograms: a test cgroup (never the
+/// first to switch after load) then lives in its shared arrays, past the hot slot.
+size_t OneHotSlot(size_t bytes_per_slot);
 
 /// A process created with fork() that joins `cgroup`, runs `body`, and exits with its value;
 /// killed and reaped on destruction if still running.
