@@ -45,25 +45,17 @@ std::string FormatAddress(int family, const uint8_t* addr) {
 }  // namespace
 
 retrans_flow_key ExportedFlow(const retrans_flow_key& key, const RetransConfig& config) {
+  const bool v4_mapped = key.family == kAfInet6 && IsV4Mapped(key.raddr) && IsV4Mapped(key.laddr);
   retrans_flow_key out{};
-  out.family = key.family == kAfInet6 ? kAfInet6 : kAfInet;
+  out.family = key.family == kAfInet6 && !v4_mapped ? kAfInet6 : kAfInet;
   out.kind = key.kind;
   out.rport = key.rport;
+  const size_t offset = v4_mapped ? 12 : 0;  // a v4-mapped address's IPv4 part
   const size_t address_bytes = out.family == kAfInet6 ? 16 : 4;
-  std::memcpy(out.raddr, key.raddr, address_bytes);
-  std::memcpy(out.laddr, key.laddr, address_bytes);
-  if (out.family == kAfInet6 && IsV4Mapped(key.raddr) && IsV4Mapped(key.laddr)) {
-    out = retrans_flow_key{};
-    out.family = kAfInet;
-    out.kind = key.kind;
-    out.rport = key.rport;
-    std::memcpy(out.raddr, key.raddr + 12, 4);
-    std::memcpy(out.laddr, key.laddr + 12, 4);
-  }
+  std::memcpy(out.raddr, key.raddr + offset, address_bytes);
   if (config.flow_labels == FlowLabels::kFull) {
+    std::memcpy(out.laddr, key.laddr + offset, address_bytes);
     out.lport = key.lport;
-  } else {
-    std::memset(out.laddr, 0, sizeof(out.laddr));
   }
   if (config.netns_label) out.netns_ino = key.netns_ino;
   return out;

@@ -191,6 +191,19 @@ TEST(RetransCollector, RemoteFlowLabelsDropTheLocalEndpoint) {
               ElementsAre(Pair("family=ipv4,raddr=10.0.0.2,rport=443,kind=data", 9)));
 }
 
+// Flows are aggregated by the key as exported: an IPv4 socket and a dual-stack socket (both ends
+// v4-mapped) to the same peer are one series, their counts summed.
+TEST(RetransCollector, V4AndV4MappedFlowsToOnePeerAreOneSeries) {
+  FakeRetransSource source;
+  source.snapshot.flows = {
+      {V4Flow("10.0.0.1", 0, "10.0.0.2", 443, RETRANS_KIND_SYN), {4}},
+      {V6Flow("::ffff:10.0.0.1", 0, "::ffff:10.0.0.2", 443, RETRANS_KIND_SYN), {3}}};
+  RetransCollector collector(source, Paths({}), RetransConfig{});
+  EXPECT_THAT(
+      Collect(collector)["kpulse_tcp_flow_retransmits_total"],
+      ElementsAre(Pair("family=ipv4,laddr=10.0.0.1,lport=0,raddr=10.0.0.2,rport=443,kind=syn", 7)));
+}
+
 TEST(RetransCollector, NoFlowFamiliesWhenFlowLabelsNone) {
   FakeRetransSource source;
   RetransConfig config;
