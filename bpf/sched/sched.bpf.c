@@ -58,6 +58,9 @@ const volatile __u64 offcpu_min_block_ns = 0;   /* shorter blocks are not counte
 const volatile bool stacks_enabled = false;
 const volatile bool user_stacks_enabled = false; /* and user stacks too */
 const volatile __u64 stack_min_block_ns = 1000000; /* shorter blocks get no stack entry */
+/* CLOCK_MONOTONIC when user space opened the object: tasks started since (task->start_time is on
+ * the same clock) are counted from zero, so their first wait (fork to first run) is not lost. */
+const volatile __u64 task_epoch_ns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -66,7 +69,7 @@ struct {
 	__type(value, struct sched_task_state);
 } sched_task_states SEC(".maps");
 
-/* cgroup id -> its index in the histogram arrays; slots are never reused. */
+/* cgroup id -> its index in the histogram arrays (see sched.h for the slot life cycle). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096); /* resized by user space (max_slots) */
@@ -74,17 +77,21 @@ struct {
 	__type(value, __u32);
 } cgroup_slots SEC(".maps");
 
-/* slot -> the cgroup that claimed it. Inserting with BPF_NOEXIST is the compare-and-swap that
- * hands a slot to exactly one cgroup (no atomic fetch before 5.12, where the wakeup hook runs). */
+/* slot -> the cgroup it belongs to, 0 while free or being retired. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 4096); /* resized by user space (max_slots) */
 	__type(key, __u32);
 	__type(value, __u64);
-} slot_owners SEC(".maps");
+} slot_owner SEC(".maps");
 
-/* The next slot to try: a hint, raced on purpose (slot_owners decides). */
-__u32 next_slot = 0;
+/* Free slots, filled by user space (lowest on top) before attach. A pop hands a slot to exactly
+ * one CPU without an atomic fetch (not available before 5.12, where the wakeup hook runs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK);
+	__uint(max_entries, 4096); /* resized by user space (max_slots) */
+	__type(value, __u32);
+} free_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY); /* PERCPU_ARRAY with per_cpu (set by user space) */
@@ -177,33 +184,42 @@ static __always_inline __u32 hist_slot(__u64 ns)
 	return slot < SCHED_HIST_SLOTS ? slot : SCHED_HIST_SLOTS - 1;
 }
 
-#define SLOT_CLAIM_TRIES 8
+/* Whether `slot` still belongs to `cgroup_id` (a task's cached slot may have been recycled). */
+static __always_inline bool slot_owned_by(__u32 slot, __u64 cgroup_id)
+{
+	__u64 *owner = bpf_map_lookup_elem(&slot_owner, &slot);
+	return owner && *owner == cgroup_id;
+}
 
-/* The slot of a cgroup in the histogram arrays, claiming the next free one the first time;
- * CGROUP_SLOT_NONE when all are taken (or, rarely, after losing every try to other CPUs). */
+/* The slot of a cgroup in the histogram arrays, claiming a free one the first time;
+ * CGROUP_SLOT_NONE when none is free. */
 static __always_inline __u32 cgroup_slot(__u64 cgroup_id)
 {
 	__u32 *slot = bpf_map_lookup_elem(&cgroup_slots, &cgroup_id);
 	if (slot)
 		return *slot;
-	for (int i = 0; i < SLOT_CLAIM_TRIES; i++) {
-		__u32 fresh = next_slot;
-		if (fresh >= max_slots)
-			return CGROUP_SLOT_NONE;
-		next_slot = fresh + 1;
-		if (bpf_map_update_elem(&slot_owners, &fresh, &cgroup_id, BPF_NOEXIST) != 0)
-			continue; /* another CPU claimed it */
-		if (bpf_map_update_elem(&cgroup_slots, &cgroup_id, &fresh, BPF_NOEXIST) == 0)
-			return fresh;
-		/* Another CPU gave this cgroup a slot meanwhile: give ours back (slots are never
-		 * freed otherwise, and the first ones are the per-CPU ones). */
-		bpf_map_delete_elem(&slot_owners, &fresh);
-		if (next_slot == fresh + 1)
-			next_slot = fresh;
-		break;
-	}
+	__u32 fresh;
+	if (bpf_map_pop_elem(&free_slots, &fresh) != 0)
+		return CGROUP_SLOT_NONE;
+	__u64 *owner = bpf_map_lookup_elem(&slot_owner, &fresh);
+	if (!owner)
+		return CGROUP_SLOT_NONE; /* not a slot of ours: drop it */
+	*owner = cgroup_id; /* before it is published: a reader of cgroup_slots finds it owned */
+	if (bpf_map_update_elem(&cgroup_slots, &cgroup_id, &fresh, BPF_NOEXIST) == 0)
+		return fresh;
+	/* Another CPU gave this cgroup a slot meanwhile: give ours back. */
+	*owner = 0;
+	bpf_map_push_elem(&free_slots, &fresh, BPF_ANY);
 	slot = bpf_map_lookup_elem(&cgroup_slots, &cgroup_id);
 	return slot ? *slot : CGROUP_SLOT_NONE;
+}
+
+/* The cached `slot` if it still belongs to `cgroup_id`, else the cgroup's slot afresh. */
+static __always_inline __u32 checked_slot(__u32 slot, __u64 cgroup_id)
+{
+	if (slot != CGROUP_SLOT_NONE && slot_owned_by(slot, cgroup_id))
+		return slot;
+	return cgroup_slot(cgroup_id);
 }
 
 /* Adds `samples` observations totalling `ns` to the histogram at `index`: of the per-CPU array
@@ -245,7 +261,8 @@ static __always_inline void runq_record(__u32 slot, __u64 delay_ns, __u64 sample
 {
 	bool hot = slot < runq_hot_slots;
 	if (slot < runq_slots && hist_add(&runq_hot_hists, &runq_hists, hot,
-					  hot ? slot : slot - runq_hot_slots, delay_ns, samples))
+					  sched_hist_index(slot, runq_hot_slots, 1, 0), delay_ns,
+					  samples))
 		return;
 	struct sched_totals *t = totals();
 	if (t)
@@ -325,7 +342,7 @@ static __always_inline void offcpu_record(__u64 cgroup_id, __u32 slot, __u32 tgi
 		return;
 	struct sched_totals *t = NULL;
 	bool hot = slot < offcpu_hot_slots;
-	__u32 index = (hot ? slot : slot - offcpu_hot_slots) * OFFCPU_STATE_MAX + state;
+	__u32 index = sched_hist_index(slot, offcpu_hot_slots, OFFCPU_STATE_MAX, state);
 	if (slot >= offcpu_slots || !hist_add(&offcpu_hot_hists, &offcpu_hists, hot, index, ns, 1)) {
 		t = totals();
 		if (t)
@@ -388,23 +405,29 @@ static __always_inline void switched_out(void *ctx, bool preempt, struct task_st
 		return;
 	__u64 run_delay = prev->sched_info.run_delay;
 	__u64 pcount = prev->sched_info.pcount;
-	/* At sched_switch, current is still prev. The slot lookup is cached per task: a hash
-	 * lookup only when the task changed cgroups (or is new). */
+	/* At sched_switch, current is still prev. The slot is cached per task: a hash lookup only
+	 * when the task changed cgroups (or is new), or its slot was recycled. */
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	__u32 slot = st->cgroup_id == cgroup_id && st->slot != CGROUP_SLOT_NONE
-			     ? st->slot
-			     : cgroup_slot(cgroup_id);
+	__u32 slot = st->cgroup_id == cgroup_id ? checked_slot(st->slot, cgroup_id)
+						: cgroup_slot(cgroup_id);
 
-	/* Fresh storage (pcount 0) has no baseline: the first slice since load is skipped. */
-	if (st->pcount != 0 && pcount > st->pcount) {
+	/* Fresh storage (pcount 0) has no baseline. A task started before load skips its first
+	 * slice; one started since counts from zero (its run_delay and pcount began at fork). */
+	bool has_baseline = st->pcount != 0;
+	if ((has_baseline || prev->start_time >= task_epoch_ns) && pcount > st->pcount) {
 		__u64 waited = run_delay - st->run_delay;
 		if (runq_enabled)
 			runq_record(slot, waited, pcount - st->pcount);
-		if (offcpu_enabled && st->state < OFFCPU_STATE_MAX) {
+		if (offcpu_enabled && has_baseline && st->state < OFFCPU_STATE_MAX) {
 			__u64 arrival = prev->sched_info.last_arrival;
 			__u64 gap = arrival - st->switch_out_ns; /* blocked, then waited */
+			/* The block is charged where it began: the cached slot of that cgroup if
+			 * it still owns it (the task may have moved, its old cgroup been removed). */
+			__u32 block_slot = st->cgroup_id == cgroup_id
+						   ? slot
+						   : checked_slot(st->slot, st->cgroup_id);
 			if ((__s64)gap > 0 && gap > waited)
-				offcpu_record(st->cgroup_id, st->slot, prev->tgid, st->state,
+				offcpu_record(st->cgroup_id, block_slot, prev->tgid, st->state,
 					      gap - waited, st->kstack, st->ustack);
 		}
 	}

@@ -30,12 +30,28 @@ struct sched_hist {
  * the hot path indexes an array instead of hashing a key; the sched_info path caches its task's
  * slot in task storage, so it hashes only when the task's cgroup changes.
  * runq_hists[slot] (a PERCPU_ARRAY with the per_cpu option); offcpu_hists[slot *
- * OFFCPU_STATE_MAX + state]. Slots below runq_hot_slots / offcpu_hot_slots (the cgroups that
- * switched first: the busiest at load time) live in per-CPU twins of these arrays instead
- * (runq_hot_hists, offcpu_hot_hists), updated without atomics; the shared arrays then start at
- * slot runq_hot_slots / offcpu_hot_slots.
+ * OFFCPU_STATE_MAX + state]. Slots below runq_hot_slots / offcpu_hot_slots live in per-CPU twins
+ * of these arrays instead (runq_hot_hists, offcpu_hot_hists), updated without atomics; the shared
+ * arrays then start at slot runq_hot_slots / offcpu_hot_slots (sched_hist_index()).
+ *
+ * Slots are recycled. Free slots wait in free_slots (a STACK map: the lowest, per-CPU ones are
+ * handed out first, and a freed slot is reused first); slot_owner[slot] names the cgroup a slot
+ * belongs to (0: none), and a task's cached slot is used only while slot_owner still names the
+ * task's cgroup. User space retires the slot of a removed cgroup in two steps, a sweep apart:
+ * it unpublishes the slot (cgroup_slots entry deleted, slot_owner 0), then, once every program
+ * that could still have been writing to it has returned, harvests and zeroes its histograms and
+ * pushes it back onto free_slots.
  */
 #define CGROUP_SLOT_NONE 0xffffffffu /* every slot taken: counted in sched_totals instead */
+
+/* Index of `entry` (0, or an offcpu_state) of cgroup slot `slot` in its probe's histogram arrays:
+ * the per-CPU array for slots below `hot_slots`, the shared one (from its index 0) above. One
+ * definition for the BPF program and the C++ reader. */
+static inline __attribute__((always_inline)) __u32
+sched_hist_index(__u32 slot, __u32 hot_slots, __u32 entries_per_slot, __u32 entry)
+{
+	return (slot < hot_slots ? slot : slot - hot_slots) * entries_per_slot + entry;
+}
 
 /* Why a task was off-CPU, from the state bits at its switch-out (bit tests, not equality). */
 enum offcpu_state {

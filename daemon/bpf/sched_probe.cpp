@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 
 #include "bpf/map_reader.h"
@@ -128,12 +129,17 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   rodata.stacks_enabled = offcpu.enabled && offcpu.stacks.enabled;
   rodata.user_stacks_enabled = rodata.stacks_enabled && offcpu.stacks.user;
   rodata.stack_min_block_ns = uint64_t{offcpu.stacks.min_block_us} * 1000;
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);  // task->start_time's clock
+  rodata.task_epoch_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000 +
+                         static_cast<uint64_t>(now.tv_nsec);
 
   // Maps a configuration does not use still need a size: 1 entry.
   const bool stacks = rodata.stacks_enabled;
   const std::pair<bpf_map*, uint32_t> sizes[] = {
       {skeleton->maps.cgroup_slots, rodata.max_slots},
-      {skeleton->maps.slot_owners, rodata.max_slots},
+      {skeleton->maps.slot_owner, rodata.max_slots},
+      {skeleton->maps.free_slots, rodata.max_slots},
       {skeleton->maps.runq_hists, runq_shared},
       {skeleton->maps.runq_hot_hists, std::max(rodata.runq_hot_slots, 1u)},
       {skeleton->maps.runq_start, runq.enabled && !info ? runq.max_tasks : 1},
@@ -165,6 +171,13 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   if (int err = sched_bpf__load(skeleton.get()); err != 0) {
     return tl::unexpected("loading the sched BPF programs (" + std::string(ToString(variant)) +
                           ") failed: " + Errno(err));
+  }
+  // Every slot starts free, the lowest (per-CPU) on top of the stack.
+  const int free_fd = bpf_map__fd(skeleton->maps.free_slots);
+  for (uint32_t slot = rodata.max_slots; slot-- > 0;) {
+    if (bpf_map_update_elem(free_fd, nullptr, &slot, BPF_ANY) != 0) {
+      return tl::unexpected("filling free_slots failed: " + Errno(errno));
+    }
   }
   if (int err = sched_bpf__attach(skeleton.get()); err != 0) {
     return tl::unexpected("attaching the sched BPF programs (" + std::string(ToString(variant)) +
@@ -203,11 +216,36 @@ SchedProbe::~SchedProbe() = default;
 
 const bpf_object* SchedProbe::object() const { return skeleton_->obj; }
 
-tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> SchedProbe::CgroupSlots()
+tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> SchedProbe::OwnedSlots()
     const {
-  const bpf_map* map = skeleton_->maps.cgroup_slots;
-  return ReadHashMap<uint64_t, uint32_t>(bpf_map__fd(map), "cgroup_slots",
-                                         bpf_map__max_entries(map));
+  const bpf_map* map = skeleton_->maps.slot_owner;
+  std::vector<std::byte> values;
+  auto read = ReadArrayPrefixBytes(bpf_map__fd(map), "slot_owner", bpf_map__max_entries(map),
+                                   sizeof(uint64_t), values);
+  if (!read) return tl::unexpected(read.error());
+  std::vector<std::pair<uint64_t, uint32_t>> owned;
+  for (uint32_t slot = 0; slot < *read; ++slot) {
+    uint64_t owner = 0;
+    std::memcpy(&owner, values.data() + slot * sizeof(uint64_t), sizeof(owner));
+    if (owner != 0) owned.emplace_back(owner, slot);
+  }
+  return owned;
+}
+
+tl::expected<uint32_t, std::string> SchedProbe::FreeSlotCount() const {
+  // A stack map cannot be read without popping: count what is neither owned nor retiring.
+  std::lock_guard lock(mu_);
+  auto owned = OwnedSlots();
+  if (!owned) return tl::unexpected(owned.error());
+  return skeleton_->rodata->max_slots - static_cast<uint32_t>(owned->size() + retiring_.size());
+}
+
+tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> SchedProbe::CountingSlots()
+    const {
+  auto slots = OwnedSlots();
+  if (!slots) return slots;
+  for (const RetiringSlot& retiring : retiring_) slots->emplace_back(retiring.cgroup_id, retiring.slot);
+  return slots;
 }
 
 namespace {
@@ -261,15 +299,15 @@ tl::expected<uint32_t, std::string> ReadSlotHists(
   for (const auto& [cgroup_id, slot] : slots) {
     if (slot >= arrays.capacity) continue;
     for (uint32_t entry = 0; entry < per_slot; ++entry) {
+      const uint32_t index = sched_hist_index(slot, arrays.hot, per_slot, entry);
       if (slot < arrays.hot) {
-        const std::byte* value = hot_values.data() + (slot * per_slot + entry) * hot_entry;
+        const std::byte* value = hot_values.data() + index * hot_entry;
         sched_hist sum{};
         for (int cpu = 0; cpu < cpus; ++cpu) AddHist(sum, hist_at(value, cpu));
         if (HistCount(sum) != 0) add(cgroup_id, entry, kAllCpus, sum);
         continue;
       }
-      const std::byte* value =
-          shared_values.data() + ((slot - arrays.hot) * per_slot + entry) * shared_entry;
+      const std::byte* value = shared_values.data() + index * shared_entry;
       for (int cpu = 0; cpu < shared_cpus; ++cpu) {
         const sched_hist hist = hist_at(value, cpu);
         if (HistCount(hist) == 0) continue;
@@ -283,6 +321,7 @@ tl::expected<uint32_t, std::string> ReadSlotHists(
 }  // namespace
 
 tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() const {
+  std::lock_guard lock(mu_);
   RunqueueSnapshot snapshot;
   const auto& maps = skeleton_->maps;
   auto totals = ReadPerCpuValue<sched_totals>(bpf_map__fd(maps.sched_totals), "sched_totals", 0,
@@ -294,7 +333,7 @@ tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() co
   snapshot.overflow = totals->runq_overflow;
   snapshot.start_drops = totals->runq_start_drops;
 
-  auto slots = CgroupSlots();
+  auto slots = CountingSlots();
   if (!slots) return tl::unexpected(slots.error());
   const SlotHistArrays arrays{maps.runq_hot_hists, maps.runq_hists,
                               skeleton_->rodata->runq_hot_slots, options_.runqueue.max_cgroups, 1};
@@ -305,6 +344,7 @@ tl::expected<RunqueueSnapshot, std::string> SchedProbe::RunqueueSnapshotNow() co
   if (!cgroups) return tl::unexpected(cgroups.error());
   snapshot.cgroups = *cgroups;
   snapshot.capacity = options_.runqueue.max_cgroups;
+  snapshot.retired = std::exchange(runq_retired_, {});
   return snapshot;
 }
 
@@ -333,6 +373,7 @@ tl::expected<std::vector<uint32_t>, std::string> SchedProbe::OffcpuStartMapTids(
 }
 
 tl::expected<OffcpuSnapshot, std::string> SchedProbe::OffcpuSnapshotNow() const {
+  std::lock_guard lock(mu_);
   OffcpuSnapshot snapshot;
   const auto& maps = skeleton_->maps;
   auto totals = ReadPerCpuValue<sched_totals>(
@@ -349,7 +390,7 @@ tl::expected<OffcpuSnapshot, std::string> SchedProbe::OffcpuSnapshotNow() const 
             snapshot.overflow.begin());
   snapshot.start_drops = totals->offcpu_start_drops;
   snapshot.stack_drops = totals->stack_drops;
-  auto slots = CgroupSlots();
+  auto slots = CountingSlots();
   if (!slots) return tl::unexpected(slots.error());
   const SlotHistArrays arrays{maps.offcpu_hot_hists, maps.offcpu_hists,
                               skeleton_->rodata->offcpu_hot_slots, options_.offcpu.max_cgroups,
@@ -361,6 +402,7 @@ tl::expected<OffcpuSnapshot, std::string> SchedProbe::OffcpuSnapshotNow() const 
   if (!cgroups) return tl::unexpected(cgroups.error());
   snapshot.cgroups = *cgroups;
   snapshot.capacity = options_.offcpu.max_cgroups;
+  snapshot.retired = std::exchange(offcpu_retired_, {});
   return snapshot;
 }
 
@@ -391,6 +433,142 @@ tl::expected<std::vector<OffcpuStack>, std::string> SchedProbe::OffcpuStacksNow(
     stacks.push_back(std::move(stack));
   }
   return stacks;
+}
+
+namespace {
+
+/// Appends `record` to `records`; past kMaxRetiredRecords, all of them are merged into records
+/// of cgroup id 0 (one per sub-key), so nobody scraping cannot grow memory without bound.
+template <typename Key>
+void AddRetired(std::vector<std::pair<Key, sched_hist>>& records, Key key, const sched_hist& hist) {
+  records.emplace_back(key, hist);
+  if (records.size() <= kMaxRetiredRecords) return;
+  std::vector<std::pair<Key, sched_hist>> merged;
+  for (auto& [record_key, record_hist] : records) {
+    record_key.cgroup_id = 0;
+    auto it = std::find_if(merged.begin(), merged.end(), [&](const auto& m) {
+      return std::memcmp(&m.first, &record_key, sizeof(Key)) == 0;
+    });
+    if (it == merged.end()) {
+      merged.emplace_back(record_key, record_hist);
+    } else {
+      AddHist(it->second, record_hist);
+    }
+  }
+  records = std::move(merged);
+}
+
+/// Reads entry `index` of a histogram array (all CPUs' copies of a per-CPU one), then zeroes it.
+tl::expected<std::vector<sched_hist>, std::string> TakeHistEntry(const bpf_map* map,
+                                                                 uint32_t index) {
+  const bool per_cpu = bpf_map__type(map) == BPF_MAP_TYPE_PERCPU_ARRAY;
+  const int cpus = per_cpu ? libbpf_num_possible_cpus() : 1;
+  if (cpus <= 0) return tl::unexpected("counting CPUs failed: " + Errno(cpus));
+  std::vector<sched_hist> hists(static_cast<size_t>(cpus));  // 224 B: a multiple of 8
+  const int fd = bpf_map__fd(map);
+  if (bpf_map_lookup_elem(fd, &index, hists.data()) != 0) {
+    return tl::unexpected(std::string("reading ") + bpf_map__name(map) + " failed: " +
+                          Errno(errno));
+  }
+  const std::vector<sched_hist> zero(hists.size());
+  if (bpf_map_update_elem(fd, &index, zero.data(), BPF_ANY) != 0) {
+    return tl::unexpected(std::string("zeroing ") + bpf_map__name(map) + " failed: " +
+                          Errno(errno));
+  }
+  return hists;
+}
+
+}  // namespace
+
+tl::expected<void, std::string> SchedProbe::Recycle(const RetiringSlot& retiring) {
+  const auto& maps = skeleton_->maps;
+  const auto& rodata = *skeleton_->rodata;
+  const uint32_t slot = retiring.slot;
+  if (options_.runqueue.enabled && slot < options_.runqueue.max_cgroups) {
+    const bool hot = slot < rodata.runq_hot_slots;
+    auto hists = TakeHistEntry(hot ? maps.runq_hot_hists : maps.runq_hists,
+                               sched_hist_index(slot, rodata.runq_hot_slots, 1, 0));
+    if (!hists) return tl::unexpected(hists.error());
+    // Hot copies and the plain shared array are summed; a per_cpu shared array keeps its CPUs.
+    const bool keep_cpus = !hot && hists->size() > 1;
+    sched_hist sum{};
+    for (size_t cpu = 0; cpu < hists->size(); ++cpu) {
+      if (keep_cpus) {
+        if (HistCount((*hists)[cpu]) != 0) {
+          AddRetired(runq_retired_, RunqueueKey{retiring.cgroup_id, static_cast<uint32_t>(cpu)},
+                     (*hists)[cpu]);
+        }
+      } else {
+        AddHist(sum, (*hists)[cpu]);
+      }
+    }
+    if (!keep_cpus && HistCount(sum) != 0) {
+      AddRetired(runq_retired_, RunqueueKey{retiring.cgroup_id, kAllCpus}, sum);
+    }
+  }
+  if (options_.offcpu.enabled && slot < options_.offcpu.max_cgroups) {
+    const bool hot = slot < rodata.offcpu_hot_slots;
+    for (uint32_t state = 0; state < OFFCPU_STATE_MAX; ++state) {
+      auto hists =
+          TakeHistEntry(hot ? maps.offcpu_hot_hists : maps.offcpu_hists,
+                        sched_hist_index(slot, rodata.offcpu_hot_slots, OFFCPU_STATE_MAX, state));
+      if (!hists) return tl::unexpected(hists.error());
+      sched_hist sum{};
+      for (const sched_hist& hist : *hists) AddHist(sum, hist);
+      if (HistCount(sum) != 0) {
+        AddRetired(offcpu_retired_, OffcpuKey{retiring.cgroup_id, state}, sum);
+      }
+    }
+  }
+  if (bpf_map_update_elem(bpf_map__fd(maps.free_slots), nullptr, &slot, BPF_ANY) != 0) {
+    return tl::unexpected("freeing slot " + std::to_string(slot) + " failed: " + Errno(errno));
+  }
+  return {};
+}
+
+tl::expected<SlotSweep, std::string> SchedProbe::SweepSlots(
+    const std::function<bool(uint64_t)>& gone) {
+  std::lock_guard lock(mu_);
+  SlotSweep sweep;
+  const auto& maps = skeleton_->maps;
+  // Step 2 for the slots unpublished a sweep ago: every program that had looked them up then has
+  // long returned, so their histograms are final.
+  std::vector<RetiringSlot> retiring = std::exchange(retiring_, {});
+  for (size_t i = 0; i < retiring.size(); ++i) {
+    if (auto recycled = Recycle(retiring[i]); !recycled) {
+      retiring_.insert(retiring_.end(), retiring.begin() + static_cast<long>(i), retiring.end());
+      return tl::unexpected(recycled.error());
+    }
+    ++sweep.recycled;
+  }
+  // Step 1: unpublish the slots of removed cgroups.
+  auto owned = OwnedSlots();
+  if (!owned) return tl::unexpected(owned.error());
+  const int slots_fd = bpf_map__fd(maps.cgroup_slots);
+  const int owner_fd = bpf_map__fd(maps.slot_owner);
+  for (const auto& [cgroup_id, slot] : *owned) {
+    if (!gone(cgroup_id)) {
+      ++sweep.owned;
+      continue;
+    }
+    // Only the published slot: a slot whose owner a CPU set while it lost the race to publish
+    // another one is given back by that CPU.
+    uint32_t published = CGROUP_SLOT_NONE;
+    if (bpf_map_lookup_elem(slots_fd, &cgroup_id, &published) != 0 || published != slot) {
+      ++sweep.owned;
+      continue;
+    }
+    if (bpf_map_delete_elem(slots_fd, &cgroup_id) != 0) {
+      return tl::unexpected("unpublishing a cgroup slot failed: " + Errno(errno));
+    }
+    const uint64_t none = 0;
+    if (bpf_map_update_elem(owner_fd, &slot, &none, BPF_ANY) != 0) {
+      return tl::unexpected("clearing slot_owner failed: " + Errno(errno));
+    }
+    retiring_.push_back({cgroup_id, slot});
+    ++sweep.unpublished;
+  }
+  return sweep;
 }
 
 }  // namespace kpulse

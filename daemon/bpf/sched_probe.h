@@ -2,7 +2,9 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <tl/expected.hpp>
@@ -50,6 +52,9 @@ struct RunqueueKey {
 /// Run-queue histograms at one instant (histograms with no observation left out).
 struct RunqueueSnapshot {
   std::vector<std::pair<RunqueueKey, sched_hist>> hists;  // per cgroup (and CPU with per_cpu)
+  // Final histograms of removed cgroups whose slots were recycled since the previous snapshot:
+  // each is reported once, here, and no longer in `hists`.
+  std::vector<std::pair<RunqueueKey, sched_hist>> retired;
   sched_hist overflow{};     // waits of cgroups that got no slot (node-wide only)
   uint64_t start_drops = 0;  // wakeup hook: timestamps the start map could not hold
   uint32_t cgroups = 0;      // cgroups with a slot in runq_hists
@@ -72,6 +77,7 @@ struct OffcpuKey {
 /// Off-CPU histograms at one instant (histograms with no observation left out).
 struct OffcpuSnapshot {
   std::vector<std::pair<OffcpuKey, sched_hist>> hists;  // per (cgroup, state)
+  std::vector<std::pair<OffcpuKey, sched_hist>> retired;  // as RunqueueSnapshot::retired
   std::array<sched_hist, OFFCPU_STATE_MAX> overflow{};  // blocks of cgroups that got no slot
   uint64_t start_drops = 0;  // wakeup hook: switch-outs the start map could not hold
   uint64_t stack_drops = 0;  // blocks without a stack entry (stack maps full)
@@ -114,6 +120,17 @@ tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
 /// slot get per-CPU histograms, updated without atomic adds, while they fit in it.
 inline constexpr size_t kDefaultHotHistogramBytes = size_t{8} << 20;
 
+/// Slots the retired records of removed cgroups may pile up to between snapshots before they are
+/// merged into one record with cgroup id 0 (memory stays bounded when nobody scrapes).
+inline constexpr size_t kMaxRetiredRecords = 16384;
+
+/// One pass of SchedProbe::SweepSlots.
+struct SlotSweep {
+  uint32_t unpublished = 0;  // slots of removed cgroups taken out of use (step 1)
+  uint32_t recycled = 0;     // slots harvested and freed (step 2, of the previous sweep's)
+  uint32_t owned = 0;        // slots owned by a cgroup after the sweep
+};
+
 /// What the scheduler object should do: either probe may be disabled (not both).
 struct SchedProbeOptions {
   RunqueueConfig runqueue;
@@ -139,6 +156,16 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   tl::expected<std::vector<OffcpuStack>, std::string> OffcpuStacksNow() const override;
   SchedVariant variant() const { return variant_; }
   std::string_view hook() const { return ToString(variant_); }
+  /// Gives back the slots of removed cgroups, in two steps a sweep apart (see bpf/sched/sched.h):
+  /// the slots of cgroups for which `gone(cgroup_id)` is true are unpublished (no new event lands
+  /// in them), and the slots unpublished by the previous sweep are harvested into the snapshots'
+  /// `retired` records, zeroed and freed. Call it at intervals much longer than a BPF program
+  /// runs (seconds). Thread-safe; serialised with the snapshots.
+  tl::expected<SlotSweep, std::string> SweepSlots(const std::function<bool(uint64_t)>& gone);
+  /// cgroup id -> slot of every cgroup that owns one (for tests and the sweep).
+  tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> OwnedSlots() const;
+  /// Slots on the free stack (for tests).
+  tl::expected<uint32_t, std::string> FreeSlotCount() const;
   /// Thread ids in the wakeup hook's start maps (empty with sched_info): for leak checks.
   tl::expected<std::vector<uint32_t>, std::string> StartMapTids() const;
   tl::expected<std::vector<uint32_t>, std::string> OffcpuStartMapTids() const;
@@ -150,15 +177,27 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   };
   using Skeleton = std::unique_ptr<sched_bpf, SkeletonDeleter>;
 
+  struct RetiringSlot {
+    uint64_t cgroup_id;
+    uint32_t slot;
+  };
+
   SchedProbe(Skeleton skeleton, SchedVariant variant, SchedProbeOptions options);
-  /// cgroup id -> slot of every cgroup that has one.
-  tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> CgroupSlots() const;
   static tl::expected<Skeleton, std::string> LoadAndAttach(const SchedProbeOptions& options,
                                                            SchedVariant variant);
+  /// Owned slots plus the ones being retired: every slot whose histograms count. Requires mu_.
+  tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> CountingSlots() const;
+  /// Step 2 of the sweep for one slot: its histograms into the retired records, then zeroed and
+  /// freed. Requires mu_.
+  tl::expected<void, std::string> Recycle(const RetiringSlot& retiring);
 
   Skeleton skeleton_;
   SchedVariant variant_;
   SchedProbeOptions options_;
+  mutable std::mutex mu_;  // serialises sweeps with snapshots (which take the retired records)
+  std::vector<RetiringSlot> retiring_;                          // Guarded by mu_.
+  mutable std::vector<std::pair<RunqueueKey, sched_hist>> runq_retired_;  // Guarded by mu_.
+  mutable std::vector<std::pair<OffcpuKey, sched_hist>> offcpu_retired_;  // Guarded by mu_.
 };
 
 }  // namespace kpulse
