@@ -7,6 +7,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -175,6 +176,7 @@ const bpf_object* RetransProbe::object() const { return skeleton_->obj; }
 std::string_view RetransProbe::hook() const { return ToString(variant_); }
 
 tl::expected<RetransSnapshot, std::string> RetransProbe::Snapshot() const {
+  std::lock_guard lock(mu_);
   RetransSnapshot snapshot;
   const auto& maps = skeleton_->maps;
 
@@ -203,7 +205,46 @@ tl::expected<RetransSnapshot, std::string> RetransProbe::Snapshot() const {
       bpf_map__fd(maps.retrans_flows), "retrans_flows", snapshot.flow_capacity);
   if (!flows) return tl::unexpected(flows.error());
   snapshot.flows = std::move(*flows);
+  snapshot.retired = std::exchange(retired_, {});
   return snapshot;
+}
+
+tl::expected<uint32_t, std::string> RetransProbe::SweepCgroups(
+    const std::function<bool(uint64_t)>& gone) {
+  std::lock_guard lock(mu_);
+  const bpf_map* map = skeleton_->maps.retrans_cgroups;
+  const int fd = bpf_map__fd(map);
+  auto entries = ReadHashMap<retrans_cgroup_key, retrans_cgroup_value>(fd, "retrans_cgroups",
+                                                                       bpf_map__max_entries(map));
+  if (!entries) return tl::unexpected(entries.error());
+  uint32_t removed = 0;
+  for (const auto& [key, ignored] : *entries) {
+    if (!gone(key.cgroup_id)) continue;
+    retrans_cgroup_value value{};
+    // One step where the kernel has it (hash maps: 5.14), so no add lands between read and
+    // delete; else read, then delete.
+    if (bpf_map_lookup_and_delete_elem(fd, &key, &value) != 0) {
+      if (errno == ENOENT) continue;
+      if (bpf_map_lookup_elem(fd, &key, &value) != 0 || bpf_map_delete_elem(fd, &key) != 0) {
+        if (errno == ENOENT) continue;
+        return tl::unexpected("removing a retrans_cgroups entry failed: " + Errno(errno));
+      }
+    }
+    retired_.emplace_back(key, value);
+    ++removed;
+  }
+  // Bounded without scrapes: merge into cgroup id 0 (reported as deleted) past the map's size.
+  if (retired_.size() > bpf_map__max_entries(map)) {
+    std::array<uint64_t, RETRANS_KIND_MAX> by_kind{};
+    for (const auto& [key, value] : retired_) {
+      if (key.kind < RETRANS_KIND_MAX) by_kind[key.kind] += value.segments;
+    }
+    retired_.clear();
+    for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
+      retired_.push_back({retrans_cgroup_key{0, kind, 0}, retrans_cgroup_value{by_kind[kind]}});
+    }
+  }
+  return removed;
 }
 
 }  // namespace kpulse

@@ -1,7 +1,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <tl/expected.hpp>
@@ -33,6 +35,9 @@ struct RetransSnapshot {
   retrans_totals totals{};
   std::vector<std::pair<retrans_flow_key, retrans_flow_value>> flows;
   std::vector<std::pair<retrans_cgroup_key, retrans_cgroup_value>> cgroups;
+  // Entries of removed cgroups taken out of the cgroup map since the previous snapshot: each is
+  // reported once, here, and no longer in `cgroups`.
+  std::vector<std::pair<retrans_cgroup_key, retrans_cgroup_value>> retired;
   uint32_t flow_capacity = 0;
   uint32_t cgroup_capacity = 0;
 };
@@ -86,6 +91,11 @@ class RetransProbe final : public RetransSource {
   bool reports_failures() const override { return reports_failures_; }
   RetransVariant variant() const { return variant_; }
   const bpf_object* object() const;
+  /// Removes the cgroup map's entries of cgroups for which `gone(cgroup_id)` is true; their
+  /// counts go to the next snapshot's `retired`. A retransmit racing with the removal (on a socket
+  /// of the removed cgroup) may miss the entry; it is still in the node totals. Returns the number
+  /// of entries removed. Thread-safe; serialised with Snapshot().
+  tl::expected<uint32_t, std::string> SweepCgroups(const std::function<bool(uint64_t)>& gone);
 
  private:
   struct SkeletonDeleter {
@@ -100,6 +110,8 @@ class RetransProbe final : public RetransSource {
   Skeleton skeleton_;
   RetransVariant variant_;
   bool reports_failures_;
+  mutable std::mutex mu_;  // serialises sweeps with snapshots (which take the retired entries)
+  mutable std::vector<std::pair<retrans_cgroup_key, retrans_cgroup_value>> retired_;  // mu_
 };
 
 }  // namespace kpulse

@@ -526,6 +526,22 @@ tl::expected<void, std::string> SchedProbe::Recycle(const RetiringSlot& retiring
   return {};
 }
 
+tl::expected<uint32_t, std::string> SchedProbe::SweepStacks(
+    const std::function<bool(uint64_t)>& gone) {
+  if (!skeleton_->rodata->stacks_enabled) return 0;
+  const bpf_map* map = skeleton_->maps.offcpu_stacks;
+  const int fd = bpf_map__fd(map);
+  auto entries = ReadHashMap<offcpu_stack_key, offcpu_stack_value>(fd, "offcpu_stacks",
+                                                                   bpf_map__max_entries(map));
+  if (!entries) return tl::unexpected(entries.error());
+  uint32_t removed = 0;
+  for (const auto& [key, value] : *entries) {
+    if (!gone(key.cgroup_id)) continue;
+    if (bpf_map_delete_elem(fd, &key) == 0) ++removed;
+  }
+  return removed;
+}
+
 tl::expected<SlotSweep, std::string> SchedProbe::SweepSlots(
     const std::function<bool(uint64_t)>& gone) {
   std::lock_guard lock(mu_);

@@ -41,6 +41,10 @@ inline uint64_t HistCount(const sched_hist& hist) {
   return count;
 }
 
+/// Histogram arithmetic for CgroupSeries (collect/cgroup_series.h).
+inline void SeriesAdd(sched_hist& sum, const sched_hist& one) { AddHist(sum, one); }
+inline uint64_t SeriesSignature(const sched_hist& hist) { return HistCount(hist) * 31 + hist.sum_ns; }
+
 /// `cpu` of histograms summed over CPUs (the per_cpu option is off).
 inline constexpr uint32_t kAllCpus = 0xffffffffu;
 
@@ -162,6 +166,9 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   /// `retired` records, zeroed and freed. Call it at intervals much longer than a BPF program
   /// runs (seconds). Thread-safe; serialised with the snapshots.
   tl::expected<SlotSweep, std::string> SweepSlots(const std::function<bool(uint64_t)>& gone);
+  /// Removes the off-CPU stack aggregates of cgroups for which `gone(cgroup_id)` is true (they
+  /// only serve /debug/offcpu, whose windows compare two reads). Returns how many were removed.
+  tl::expected<uint32_t, std::string> SweepStacks(const std::function<bool(uint64_t)>& gone);
   /// cgroup id -> slot of every cgroup that owns one (for tests and the sweep).
   tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> OwnedSlots() const;
   /// Slots on the free stack (for tests).

@@ -159,6 +159,7 @@ std::optional<std::string> CgroupResolver::PathOf(uint64_t cgroup_id) {
         return path;
       }
       case HandleResult::kGone:
+      case HandleResult::kOutside:
         return std::nullopt;
       case HandleResult::kUnsupported:
         if (use_handles_.exchange(false)) {
@@ -236,11 +237,45 @@ CgroupResolver::HandleResult CgroupResolver::ResolveByHandle(uint64_t cgroup_id,
              (*link)[link_prefix_.size()] == '/') {
     path = link->substr(link_prefix_.size());
   } else {
-    return HandleResult::kGone;  // Outside the tree we were given (e.g. a bind-mounted subtree).
+    return HandleResult::kOutside;  // Outside the tree we were given (a bind-mounted subtree).
   }
   // Between open_by_handle_at and readlink the cgroup may have gone (the link then ends in
   // " (deleted)") or been renamed; one fstatat tells.
   return StillValid(cgroup_id, path) ? HandleResult::kFound : HandleResult::kGone;
+}
+
+bool CgroupResolver::IsGone(uint64_t cgroup_id, std::chrono::steady_clock::time_point not_before) {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = cache_.find(cgroup_id); it != cache_.end() && StillValid(cgroup_id, it->second)) {
+      return false;
+    }
+  }
+  if (use_handles_.load(std::memory_order_relaxed)) {
+    std::string path;
+    int error = 0;
+    switch (ResolveByHandle(cgroup_id, path, error)) {
+      case HandleResult::kGone:
+        return true;
+      case HandleResult::kFound: {
+        std::lock_guard lock(mu_);
+        Remember(cgroup_id, path);
+        return false;
+      }
+      case HandleResult::kOutside:
+      case HandleResult::kFailed:
+        return false;
+      case HandleResult::kUnsupported:
+        break;  // PathOf() logs and switches to walking; this answer walks once
+    }
+  }
+  std::lock_guard lock(mu_);
+  if (!last_walk_ || *last_walk_ < not_before) {
+    Walk();
+    last_walk_ = std::chrono::steady_clock::now();
+  }
+  auto it = index_.find(cgroup_id);
+  return it == index_.end() || !StillValid(cgroup_id, it->second);
 }
 
 std::optional<std::string> CgroupResolver::ResolveByWalk(uint64_t cgroup_id) {

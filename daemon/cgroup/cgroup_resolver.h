@@ -55,6 +55,12 @@ class CgroupResolver {
   /// or outside the mounted tree).
   std::optional<std::string> PathOf(uint64_t cgroup_id);
 
+  /// Whether the cgroup with this id is known to have been removed; false when it lives or when
+  /// that cannot be told (outside the mounted tree, transient errors). By file handle where
+  /// possible; otherwise by a directory walk that started no earlier than `not_before` (one walk
+  /// serves a whole sweep: pass the time the caller read the ids it asks about, or earlier).
+  bool IsGone(uint64_t cgroup_id, std::chrono::steady_clock::time_point not_before);
+
   /// The root as given to the constructor.
   const std::string& root() const { return root_; }
 
@@ -62,7 +68,7 @@ class CgroupResolver {
   bool uses_file_handles() const { return use_handles_.load(std::memory_order_relaxed); }
 
  private:
-  enum class HandleResult { kFound, kGone, kUnsupported, kFailed };
+  enum class HandleResult { kFound, kGone, kOutside, kUnsupported, kFailed };
 
   HandleResult ResolveByHandle(uint64_t cgroup_id, std::string& path, int& error) const;
   std::optional<std::string> ResolveByWalk(uint64_t cgroup_id);  // Requires mu_.

@@ -8,7 +8,35 @@
 #include <utility>
 #include <vector>
 
+#include "cgroup/cgroup_labels.h"
+
 namespace kpulse {
+
+/// The labels of a cgroup series, always all five (empty where a field does not apply), so every
+/// per-cgroup family can be joined on any of them.
+inline std::vector<prometheus::ClientMetric::Label> CgroupLabelSet(const CgroupLabels& labels) {
+  return {{"cgroup", labels.cgroup},
+          {"unit", labels.unit},
+          {"container_id", labels.container_id},
+          {"pod_uid", labels.pod_uid},
+          {"qos", labels.qos}};
+}
+
+/// kpulse_series_folded_total{family}: label sets (cgroups, flows) folded into <other> by the
+/// series cap. Several collectors report into it (merged by the /metrics endpoint).
+inline prometheus::MetricFamily SeriesFoldedFamily(const std::string& family, uint64_t folded) {
+  prometheus::MetricFamily out;
+  out.name = "kpulse_series_folded_total";
+  out.help =
+      "Cgroups or flows folded into the <other> series of a family because it reached "
+      "series.max_series_per_family.";
+  out.type = prometheus::MetricType::Counter;
+  prometheus::ClientMetric metric;
+  metric.label = {{"family", family}};
+  metric.counter.value = static_cast<double>(folded);
+  out.metric.push_back(std::move(metric));
+  return out;
+}
 
 /// Small helpers to build prometheus::MetricFamily values by hand in collectors. prometheus-cpp
 /// validates nothing here: names must be valid metric names and HELP must be one line.

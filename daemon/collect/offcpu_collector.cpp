@@ -2,7 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <map>
 
 #include "collect/family_builder.h"
 #include "collect/runqueue_collector.h"  // ToPrometheusHistogram
@@ -32,28 +31,37 @@ std::string_view OffcpuStateName(uint32_t state) {
   }
 }
 
-OffcpuCollector::OffcpuCollector(const OffcpuSource& source, CgroupPathLookup cgroup_path)
-    : source_(source), cgroup_path_(std::move(cgroup_path)) {}
+OffcpuCollector::OffcpuCollector(const OffcpuSource& source,
+                                 std::shared_ptr<const CgroupLabeler> labeler, SeriesPolicy series)
+    : source_(source),
+      labeler_(std::move(labeler)),
+      series_("kpulse_offcpu_seconds_total", series) {}
 
 std::vector<MetricFamily> OffcpuCollector::Collect() const {
   std::vector<MetricFamily> families;
+  std::lock_guard lock(mu_);
   const auto snapshot = read_errors_.Take([this] { return source_.OffcpuSnapshotNow(); });
   if (!snapshot) {
     families.push_back(read_errors_.Family());
     return families;
   }
 
-  // Entries sharing a label set (deleted cgroups) are summed; overflow is cgroup="<other>".
-  std::map<std::pair<std::string, uint32_t>, sched_hist> by_label;
-  for (const auto& [key, hist] : snapshot->hists) {
-    std::string label = CgroupLabel(cgroup_path_, key.cgroup_id);
-    AddHist(by_label[{std::move(label), key.state}], hist);
-  }
+  // Per cgroup label set and state (the `sub` dimension).
+  using Entry = CgroupSeries<sched_hist>::Entry;
+  const auto entries = [](const auto& hists) {
+    std::vector<Entry> out;
+    out.reserve(hists.size());
+    for (const auto& [key, hist] : hists) out.push_back({key.cgroup_id, key.state, hist});
+    return out;
+  };
+  std::vector<Entry> overflow;
   for (uint32_t state = 0; state < OFFCPU_STATE_MAX; ++state) {
     if (HistCount(snapshot->overflow[state]) != 0) {
-      AddHist(by_label[{kOverflowCgroupLabel, state}], snapshot->overflow[state]);
+      overflow.push_back({0, state, snapshot->overflow[state]});
     }
   }
+  const auto result = series_.Update(entries(snapshot->hists), entries(snapshot->retired), overflow,
+                                     *labeler_, std::chrono::steady_clock::now());
 
   auto seconds = MakeFamily("kpulse_offcpu_seconds_total",
                             "Time threads spent blocked (off-CPU, not runnable), by the cgroup of "
@@ -62,17 +70,38 @@ std::vector<MetricFamily> OffcpuCollector::Collect() const {
   auto durations = MakeFamily("kpulse_offcpu_block_duration_seconds",
                               "Durations of blocked (off-CPU) intervals, by cgroup and state.",
                               MetricType::Histogram);
-  for (const auto& [labels, hist] : by_label) {
-    std::vector<ClientMetric::Label> label_set = {
-        {"cgroup", labels.first}, {"state", std::string(OffcpuStateName(labels.second))}};
-    AddSample(seconds, label_set, static_cast<double>(hist.sum_ns) / 1e9);
+  const auto add = [](MetricFamily& counter, MetricFamily& histogram,
+                      std::vector<ClientMetric::Label> labels, uint32_t state,
+                      const sched_hist& hist) {
+    labels.push_back({"state", std::string(OffcpuStateName(state))});
+    AddSample(counter, labels, static_cast<double>(hist.sum_ns) / 1e9);
     ClientMetric metric;
-    metric.label = std::move(label_set);
+    metric.label = std::move(labels);
     metric.histogram = ToPrometheusHistogram(hist);
-    durations.metric.push_back(std::move(metric));
+    histogram.metric.push_back(std::move(metric));
+  };
+  for (const auto& series : result.series) {
+    add(seconds, durations, CgroupLabelSet(*series.labels), series.sub, series.value);
   }
   families.push_back(std::move(seconds));
   families.push_back(std::move(durations));
+
+  auto deleted_seconds =
+      MakeFamily("kpulse_deleted_cgroups_offcpu_seconds_total",
+                 "Time threads of cgroups that have since been removed spent blocked, by state.",
+                 MetricType::Counter);
+  auto deleted_durations = MakeFamily(
+      "kpulse_deleted_cgroups_offcpu_block_duration_seconds",
+      "Durations of blocked intervals of threads in cgroups since removed, by state.",
+      MetricType::Histogram);
+  for (uint32_t state = 0; state < OFFCPU_STATE_MAX; ++state) {
+    auto it = result.deleted.find(state);
+    add(deleted_seconds, deleted_durations, {}, state,
+        it == result.deleted.end() ? sched_hist{} : it->second);
+  }
+  families.push_back(std::move(deleted_seconds));
+  families.push_back(std::move(deleted_durations));
+  families.push_back(SeriesFoldedFamily("kpulse_offcpu_seconds_total", result.folded_total));
 
   for (auto& family : MapFillFamilies({{"offcpu_hists", snapshot->cgroups, snapshot->capacity}})) {
     families.push_back(std::move(family));

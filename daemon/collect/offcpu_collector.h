@@ -2,11 +2,13 @@
 
 #include <prometheus/collectable.h>
 
-#include <atomic>
+#include <memory>
+#include <mutex>
 #include <string_view>
 
 #include "bpf/sched_probe.h"
-#include "collect/cgroup_label.h"
+#include "cgroup/cgroup_labeler.h"
+#include "collect/cgroup_series.h"
 #include "collect/read_errors.h"
 #include "config/config.h"
 
@@ -19,12 +21,15 @@ std::string_view OffcpuStateName(uint32_t state);
 /// kernel maps. Does not own `source`, which must outlive the collector.
 class OffcpuCollector : public prometheus::Collectable {
  public:
-  OffcpuCollector(const OffcpuSource& source, CgroupPathLookup cgroup_path);
+  OffcpuCollector(const OffcpuSource& source, std::shared_ptr<const CgroupLabeler> labeler,
+                  SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
   const OffcpuSource& source_;
-  CgroupPathLookup cgroup_path_;
+  std::shared_ptr<const CgroupLabeler> labeler_;
+  mutable std::mutex mu_;  // a snapshot and its aggregation are one step (retired records)
+  mutable CgroupSeries<sched_hist> series_;
   ReadErrors read_errors_{"offcpu", "kpulse_offcpu_read_errors_total"};
 };
 

@@ -87,12 +87,18 @@ std::string_view RetransKindName(uint32_t kind) {
   }
 }
 
-RetransCollector::RetransCollector(const RetransSource& source, CgroupPathLookup cgroup_path,
-                                   RetransConfig config)
-    : source_(source), cgroup_path_(std::move(cgroup_path)), config_(std::move(config)) {}
+RetransCollector::RetransCollector(const RetransSource& source,
+                                   std::shared_ptr<const CgroupLabeler> labeler,
+                                   RetransConfig config, SeriesPolicy series)
+    : source_(source),
+      labeler_(std::move(labeler)),
+      config_(std::move(config)),
+      cgroup_series_("kpulse_tcp_cgroup_retransmits_total", series),
+      flow_limiter_("kpulse_tcp_flow_retransmits_total", series) {}
 
 std::vector<MetricFamily> RetransCollector::Collect() const {
   std::vector<MetricFamily> families;
+  std::lock_guard lock(mu_);
   const auto snapshot = read_errors_.Take([this] { return source_.Snapshot(); });
   if (!snapshot) {
     families.push_back(read_errors_.Family());
@@ -122,91 +128,8 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
     families.push_back(std::move(failures));
   }
 
-  // Per cgroup. Several ids can share a label (deleted cgroups), so sum by label first.
-  std::map<std::pair<std::string, uint32_t>, uint64_t> by_cgroup;
-  for (const auto& [key, value] : snapshot->cgroups) {
-    std::string label = CgroupLabel(cgroup_path_, key.cgroup_id);
-    by_cgroup[{std::move(label), key.kind}] += value.segments;
-  }
-  for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
-    if (totals.cgroup_overflow[kind] != 0) {
-      by_cgroup[{kOverflowCgroupLabel, kind}] += totals.cgroup_overflow[kind];
-    }
-  }
-  auto cgroup =
-      MakeFamily("kpulse_tcp_cgroup_retransmits_total",
-                 "TCP segments retransmitted, by the cgroup v2 path of the socket's owner.",
-                 MetricType::Counter);
-  for (const auto& [labels, segments] : by_cgroup) {
-    AddSample(cgroup,
-              {{"cgroup", labels.first}, {"kind", std::string(RetransKindName(labels.second))}},
-              static_cast<double>(segments));
-  }
-  families.push_back(std::move(cgroup));
-
-  if (config_.flow_labels != FlowLabels::kNone) {
-    // Aggregated by the binary key first (flows that differ only in what is not labelled add
-    // up): formatting and comparing label strings per map entry took most of a 10k-flow scrape.
-    std::vector<std::pair<retrans_flow_key, uint64_t>> by_flow;
-    by_flow.reserve(snapshot->flows.size());
-    for (const auto& [key, value] : snapshot->flows) {
-      by_flow.emplace_back(ExportedFlow(key, config_), value.segments);
-    }
-    auto less = [](const auto& a, const auto& b) {
-      return std::memcmp(&a.first, &b.first, sizeof(a.first)) < 0;
-    };
-    std::sort(by_flow.begin(), by_flow.end(), less);
-    size_t merged = 0;  // flows with equal exported keys add up
-    for (size_t i = 0; i < by_flow.size(); ++i) {
-      if (merged > 0 && !less(by_flow[merged - 1], by_flow[i])) {
-        by_flow[merged - 1].second += by_flow[i].second;
-      } else {
-        by_flow[merged++] = by_flow[i];
-      }
-    }
-    by_flow.resize(merged);
-    auto flows = MakeFamily("kpulse_tcp_flow_retransmits_total",
-                            "TCP segments retransmitted, per flow (bounded LRU; ephemeral local "
-                            "ports folded to 0).",
-                            MetricType::Counter);
-    flows.metric.reserve(by_flow.size());
-    for (const auto& [key, segments] : by_flow) {
-      FlowLabelValues flow = FormatFlow(key);
-      std::vector<ClientMetric::Label> labels;
-      labels.reserve(8);
-      labels.push_back({"family", std::move(flow.family)});
-      if (config_.flow_labels == FlowLabels::kFull) {
-        labels.push_back({"laddr", std::move(flow.laddr)});
-        labels.push_back({"lport", std::move(flow.lport)});
-      }
-      labels.push_back({"raddr", std::move(flow.raddr)});
-      labels.push_back({"rport", std::move(flow.rport)});
-      labels.push_back({"kind", std::string(RetransKindName(key.kind))});
-      if (config_.netns_label) labels.push_back({"netns", std::to_string(key.netns_ino)});
-      AddSample(flows, std::move(labels), static_cast<double>(segments));
-    }
-    families.push_back(std::move(flows));
-
-    const uint64_t live = snapshot->flows.size();
-    const uint64_t derived = totals.flows_created > live ? totals.flows_created - live : 0;
-    uint64_t evicted = evicted_high_water_.load();
-    while (derived > evicted && !evicted_high_water_.compare_exchange_weak(evicted, derived)) {
-    }
-    evicted = std::max(evicted, derived);
-    auto evictions =
-        MakeFamily("kpulse_tcp_flows_evicted_total",
-                   "Flow series evicted from the full flow map (their counts remain in "
-                   "the node and cgroup totals).",
-                   MetricType::Counter);
-    AddSample(evictions, {}, static_cast<double>(evicted));
-    families.push_back(std::move(evictions));
-    auto failures = MakeFamily("kpulse_tcp_flow_insert_failures_total",
-                               "Retransmits whose flow entry could not be inserted (counted in the "
-                               "node and cgroup totals only).",
-                               MetricType::Counter);
-    AddSample(failures, {}, static_cast<double>(totals.flow_update_failures));
-    families.push_back(std::move(failures));
-  }
+  AddCgroupFamilies(*snapshot, families);
+  if (config_.flow_labels != FlowLabels::kNone) AddFlowFamilies(*snapshot, families);
 
   std::vector<MapFill> fills = {
       {"retrans_cgroups", snapshot->cgroups.size(), snapshot->cgroup_capacity}};
@@ -217,6 +140,156 @@ std::vector<MetricFamily> RetransCollector::Collect() const {
 
   families.push_back(read_errors_.Family());
   return families;
+}
+
+void RetransCollector::AddCgroupFamilies(const RetransSnapshot& snapshot,
+                                         std::vector<MetricFamily>& families) const {
+  using Entry = CgroupSeries<uint64_t>::Entry;
+  const auto entries = [](const auto& map_entries) {
+    std::vector<Entry> out;
+    out.reserve(map_entries.size());
+    for (const auto& [key, value] : map_entries) {
+      out.push_back({key.cgroup_id, key.kind, value.segments});
+    }
+    return out;
+  };
+  std::vector<Entry> overflow;
+  for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
+    if (snapshot.totals.cgroup_overflow[kind] != 0) {
+      overflow.push_back({0, kind, snapshot.totals.cgroup_overflow[kind]});
+    }
+  }
+  const auto result = cgroup_series_.Update(entries(snapshot.cgroups), entries(snapshot.retired),
+                                            overflow, *labeler_, std::chrono::steady_clock::now());
+  auto cgroup =
+      MakeFamily("kpulse_tcp_cgroup_retransmits_total",
+                 "TCP segments retransmitted, by the cgroup of the socket's owner.",
+                 MetricType::Counter);
+  for (const auto& series : result.series) {
+    auto labels = CgroupLabelSet(*series.labels);
+    labels.push_back({"kind", std::string(RetransKindName(series.sub))});
+    AddSample(cgroup, std::move(labels), static_cast<double>(series.value));
+  }
+  families.push_back(std::move(cgroup));
+
+  // Removed cgroups: the node total minus what the series hold. That also covers a retransmit
+  // that raced with the removal of its cgroup's entry (it is in the totals only). The totals are
+  // read first, so the difference can only lag behind, never run ahead.
+  auto deleted = MakeFamily("kpulse_deleted_cgroups_tcp_retransmits_total",
+                            "TCP segments retransmitted by sockets of cgroups since removed.",
+                            MetricType::Counter);
+  for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
+    auto held = result.held.find(kind);
+    const uint64_t in_series = held == result.held.end() ? 0 : held->second;
+    const uint64_t total = snapshot.totals.segments[kind];
+    const uint64_t derived = total > in_series ? total - in_series : 0;
+    deleted_high_water_[kind] = std::max(deleted_high_water_[kind], derived);
+    AddSample(deleted, {{"kind", std::string(RetransKindName(kind))}},
+              static_cast<double>(deleted_high_water_[kind]));
+  }
+  families.push_back(std::move(deleted));
+  families.push_back(SeriesFoldedFamily("kpulse_tcp_cgroup_retransmits_total", result.folded_total));
+}
+
+void RetransCollector::AddFlowFamilies(const RetransSnapshot& snapshot,
+                                       std::vector<MetricFamily>& families) const {
+  // Aggregated by the binary key first (flows that differ only in what is not labelled add
+  // up): formatting and comparing label strings per map entry took most of a 10k-flow scrape.
+  // The identity of a flow series is its key without the kind; kinds are its series.
+  std::map<retrans_flow_key, KindCounts, FlowLess> by_flow;
+  for (const auto& [key, value] : snapshot.flows) {
+    retrans_flow_key flow = ExportedFlow(key, config_);
+    const uint8_t kind = flow.kind;
+    if (kind >= RETRANS_KIND_MAX) continue;
+    flow.kind = 0;
+    by_flow[flow][kind] += value.segments;
+  }
+  std::vector<SeriesLimiter<retrans_flow_key, FlowLess>::Input> inputs;
+  inputs.reserve(by_flow.size());
+  for (const auto& [flow, counts] : by_flow) {
+    uint64_t signature = 0;
+    size_t series = 0;
+    for (uint64_t count : counts) {
+      signature = signature * 31 + count;
+      series += count != 0 ? 1 : 0;
+    }
+    inputs.push_back({flow, signature, series});
+  }
+  const std::vector<SeriesFate> fates =
+      flow_limiter_.Update(inputs, RETRANS_KIND_MAX, std::chrono::steady_clock::now());
+  for (const auto& departed : flow_limiter_.departed()) {
+    auto it = folded_flows_.find(departed.key);
+    if (it == folded_flows_.end()) continue;
+    for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) departed_folded_[kind] += it->second[kind];
+    folded_flows_.erase(it);
+  }
+
+  auto flows = MakeFamily("kpulse_tcp_flow_retransmits_total",
+                          "TCP segments retransmitted, per flow (bounded LRU; ephemeral ports of "
+                          "the client side folded to 0).",
+                          MetricType::Counter);
+  flows.metric.reserve(by_flow.size());
+  KindCounts other = departed_folded_;
+  size_t i = 0;
+  for (const auto& [flow, counts] : by_flow) {
+    const SeriesFate fate = fates[i++];
+    if (fate == SeriesFate::kFolded) {
+      folded_flows_[flow] = counts;
+      for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) other[kind] += counts[kind];
+      continue;
+    }
+    if (fate == SeriesFate::kHidden) continue;
+    const FlowLabelValues labels = FormatFlow(flow);
+    for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
+      if (counts[kind] == 0) continue;
+      std::vector<ClientMetric::Label> label_set;
+      label_set.reserve(8);
+      label_set.push_back({"family", labels.family});
+      if (config_.flow_labels == FlowLabels::kFull) {
+        label_set.push_back({"laddr", labels.laddr});
+        label_set.push_back({"lport", labels.lport});
+      }
+      label_set.push_back({"raddr", labels.raddr});
+      label_set.push_back({"rport", labels.rport});
+      label_set.push_back({"kind", std::string(RetransKindName(kind))});
+      if (config_.netns_label) label_set.push_back({"netns", std::to_string(flow.netns_ino)});
+      AddSample(flows, std::move(label_set), static_cast<double>(counts[kind]));
+    }
+  }
+  for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
+    if (other[kind] == 0) continue;
+    const std::string other_label(kOtherCgroup);
+    std::vector<ClientMetric::Label> label_set = {{"family", other_label}};
+    if (config_.flow_labels == FlowLabels::kFull) {
+      label_set.push_back({"laddr", other_label});
+      label_set.push_back({"lport", other_label});
+    }
+    label_set.push_back({"raddr", other_label});
+    label_set.push_back({"rport", other_label});
+    label_set.push_back({"kind", std::string(RetransKindName(kind))});
+    if (config_.netns_label) label_set.push_back({"netns", other_label});
+    AddSample(flows, std::move(label_set), static_cast<double>(other[kind]));
+  }
+  families.push_back(std::move(flows));
+  families.push_back(SeriesFoldedFamily("kpulse_tcp_flow_retransmits_total",
+                                        flow_limiter_.folded_total()));
+
+  const retrans_totals& totals = snapshot.totals;
+  const uint64_t live = snapshot.flows.size();
+  const uint64_t derived = totals.flows_created > live ? totals.flows_created - live : 0;
+  evicted_high_water_ = std::max(evicted_high_water_, derived);
+  auto evictions = MakeFamily("kpulse_tcp_flows_evicted_total",
+                              "Flow series evicted from the full flow map (their counts remain in "
+                              "the node and cgroup totals).",
+                              MetricType::Counter);
+  AddSample(evictions, {}, static_cast<double>(evicted_high_water_));
+  families.push_back(std::move(evictions));
+  auto failures = MakeFamily("kpulse_tcp_flow_insert_failures_total",
+                             "Retransmits whose flow entry could not be inserted (counted in the "
+                             "node and cgroup totals only).",
+                             MetricType::Counter);
+  AddSample(failures, {}, static_cast<double>(totals.flow_update_failures));
+  families.push_back(std::move(failures));
 }
 
 }  // namespace kpulse

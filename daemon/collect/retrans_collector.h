@@ -3,16 +3,22 @@
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
 
-#include <atomic>
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "bpf/retrans_probe.h"
-#include "collect/cgroup_label.h"
+#include "cgroup/cgroup_labeler.h"
+#include "collect/cgroup_series.h"
 #include "collect/read_errors.h"
+#include "collect/series_limiter.h"
 #include "config/config.h"
 
 namespace kpulse {
@@ -37,16 +43,36 @@ std::string_view RetransKindName(uint32_t kind);  // "syn" | "synack" | "data" |
 /// Does not own `source`; the source must outlive the collector.
 class RetransCollector : public prometheus::Collectable {
  public:
-  RetransCollector(const RetransSource& source, CgroupPathLookup cgroup_path, RetransConfig config);
+  RetransCollector(const RetransSource& source, std::shared_ptr<const CgroupLabeler> labeler,
+                   RetransConfig config, SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
+  struct FlowLess {
+    bool operator()(const retrans_flow_key& a, const retrans_flow_key& b) const {
+      return std::memcmp(&a, &b, sizeof(a)) < 0;
+    }
+  };
+  using KindCounts = std::array<uint64_t, RETRANS_KIND_MAX>;
+
+  void AddCgroupFamilies(const RetransSnapshot& snapshot,
+                         std::vector<prometheus::MetricFamily>& families) const;  // Requires mu_.
+  void AddFlowFamilies(const RetransSnapshot& snapshot,
+                       std::vector<prometheus::MetricFamily>& families) const;  // Requires mu_.
+
   const RetransSource& source_;
-  CgroupPathLookup cgroup_path_;
+  std::shared_ptr<const CgroupLabeler> labeler_;
   RetransConfig config_;
-  // Evictions are derived (flows created - flows present); reads race with inserts, so keep the
-  // exported counter monotonic.
-  mutable std::atomic<uint64_t> evicted_high_water_{0};
+  mutable std::mutex mu_;  // a snapshot and its aggregation are one step (retired entries)
+  mutable CgroupSeries<uint64_t> cgroup_series_;                // Guarded by mu_.
+  mutable SeriesLimiter<retrans_flow_key, FlowLess> flow_limiter_;  // Guarded by mu_.
+  // Folded flows' last counts, and those of folded flows since evicted: <other> keeps them.
+  mutable std::map<retrans_flow_key, KindCounts, FlowLess> folded_flows_;  // Guarded by mu_.
+  mutable KindCounts departed_folded_{};                                  // Guarded by mu_.
+  // Derived counters (node totals minus what the maps hold) race with inserts between the two
+  // reads; their exported values only ever rise.
+  mutable KindCounts deleted_high_water_{};  // Guarded by mu_.
+  mutable uint64_t evicted_high_water_ = 0;  // Guarded by mu_.
   ReadErrors read_errors_{"tcp_retransmit", "kpulse_tcp_retransmit_read_errors_total"};
 };
 

@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include <cmath>
-#include <map>
 
 #include "collect/family_builder.h"
 
@@ -42,49 +41,76 @@ ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist) {
   return out;
 }
 
-RunqueueCollector::RunqueueCollector(const RunqueueSource& source, CgroupPathLookup cgroup_path,
-                                     RunqueueConfig config)
-    : source_(source), cgroup_path_(std::move(cgroup_path)), config_(std::move(config)) {}
+RunqueueCollector::RunqueueCollector(const RunqueueSource& source,
+                                     std::shared_ptr<const CgroupLabeler> labeler,
+                                     RunqueueConfig config, SeriesPolicy series)
+    : source_(source),
+      labeler_(std::move(labeler)),
+      config_(std::move(config)),
+      series_("kpulse_runqueue_latency_seconds", series) {}
 
 std::vector<MetricFamily> RunqueueCollector::Collect() const {
   std::vector<MetricFamily> families;
+  std::lock_guard lock(mu_);
   const auto snapshot = read_errors_.Take([this] { return source_.RunqueueSnapshotNow(); });
   if (!snapshot) {
     families.push_back(read_errors_.Family());
     return families;
   }
 
-  // Per cgroup (and CPU): entries sharing a label set (deleted cgroups) are summed.
-  std::map<std::pair<std::string, uint32_t>, sched_hist> by_label;
-  sched_hist node = snapshot->overflow;
-  for (const auto& [key, hist] : snapshot->hists) {
-    std::string label = CgroupLabel(cgroup_path_, key.cgroup_id);
-    AddHist(by_label[{std::move(label), key.cpu}], hist);
-    AddHist(node, hist);
-  }
-  if (HistCount(snapshot->overflow) != 0) {
-    AddHist(by_label[{kOverflowCgroupLabel, kAllCpus}], snapshot->overflow);
-  }
+  // Per cgroup label set (and CPU): the `sub` dimension is the CPU.
+  using Entry = CgroupSeries<sched_hist>::Entry;
+  const auto entries = [](const auto& hists) {
+    std::vector<Entry> out;
+    out.reserve(hists.size());
+    for (const auto& [key, hist] : hists) out.push_back({key.cgroup_id, key.cpu, hist});
+    return out;
+  };
+  std::vector<Entry> overflow;
+  if (HistCount(snapshot->overflow) != 0) overflow.push_back({0, kAllCpus, snapshot->overflow});
+  const auto result = series_.Update(entries(snapshot->hists), entries(snapshot->retired), overflow,
+                                     *labeler_, std::chrono::steady_clock::now());
+  const auto cpu_label = [&](std::vector<ClientMetric::Label>& labels, uint32_t cpu) {
+    if (config_.per_cpu) {
+      labels.push_back({"cpu", cpu == kAllCpus ? "<other>" : std::to_string(cpu)});
+    }
+  };
 
   auto per_cgroup = MakeFamily(
       "kpulse_runqueue_latency_seconds",
       "Time runnable threads waited for a CPU, per wait, by the cgroup of the thread that waited.",
       MetricType::Histogram);
-  for (const auto& [labels, hist] : by_label) {
-    std::vector<ClientMetric::Label> label_set = {{"cgroup", labels.first}};
-    if (config_.per_cpu) {
-      label_set.push_back(
-          {"cpu", labels.second == kAllCpus ? "<other>" : std::to_string(labels.second)});
-    }
-    AddHistogram(per_cgroup, std::move(label_set), hist);
+  for (const auto& series : result.series) {
+    std::vector<ClientMetric::Label> labels = CgroupLabelSet(*series.labels);
+    cpu_label(labels, series.sub);
+    AddHistogram(per_cgroup, std::move(labels), series.value);
   }
   families.push_back(std::move(per_cgroup));
+
+  auto deleted = MakeFamily("kpulse_deleted_cgroups_runqueue_latency_seconds",
+                            "Run-queue waits of threads in cgroups that have since been removed.",
+                            MetricType::Histogram);
+  sched_hist node{};
+  for (const auto& [cpu, hist] : result.held) AddHist(node, hist);
+  for (const auto& [cpu, hist] : result.deleted) {
+    AddHist(node, hist);
+    std::vector<ClientMetric::Label> labels;
+    cpu_label(labels, cpu);
+    AddHistogram(deleted, std::move(labels), hist);
+  }
+  if (result.deleted.empty()) {
+    std::vector<ClientMetric::Label> labels;
+    cpu_label(labels, kAllCpus);
+    AddHistogram(deleted, std::move(labels), sched_hist{});
+  }
+  families.push_back(std::move(deleted));
 
   auto node_family = MakeFamily("kpulse_node_runqueue_latency_seconds",
                                 "Time runnable threads waited for a CPU, per wait, whole node.",
                                 MetricType::Histogram);
   AddHistogram(node_family, {}, node);
   families.push_back(std::move(node_family));
+  families.push_back(SeriesFoldedFamily("kpulse_runqueue_latency_seconds", result.folded_total));
 
   for (auto& family : MapFillFamilies({{"runq_hists", snapshot->cgroups, snapshot->capacity}})) {
     families.push_back(std::move(family));

@@ -3,10 +3,12 @@
 #include <prometheus/client_metric.h>
 #include <prometheus/collectable.h>
 
-#include <atomic>
+#include <memory>
+#include <mutex>
 
 #include "bpf/sched_probe.h"
-#include "collect/cgroup_label.h"
+#include "cgroup/cgroup_labeler.h"
+#include "collect/cgroup_series.h"
 #include "collect/read_errors.h"
 #include "config/config.h"
 
@@ -25,14 +27,16 @@ prometheus::ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist
 /// kernel maps. Does not own `source`, which must outlive the collector.
 class RunqueueCollector : public prometheus::Collectable {
  public:
-  RunqueueCollector(const RunqueueSource& source, CgroupPathLookup cgroup_path,
-                    RunqueueConfig config);
+  RunqueueCollector(const RunqueueSource& source, std::shared_ptr<const CgroupLabeler> labeler,
+                    RunqueueConfig config, SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
   const RunqueueSource& source_;
-  CgroupPathLookup cgroup_path_;
+  std::shared_ptr<const CgroupLabeler> labeler_;
   RunqueueConfig config_;
+  mutable std::mutex mu_;  // a snapshot and its aggregation are one step (retired records)
+  mutable CgroupSeries<sched_hist> series_;
   ReadErrors read_errors_{"runqueue_latency", "kpulse_runqueue_read_errors_total"};
 };
 

@@ -13,6 +13,7 @@
 #include <functional>
 #include <initializer_list>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <system_error>
 #include <utility>
@@ -182,6 +183,8 @@ class Parser {
                       {"http", [&](const Value& v) { ParseHttp(v, config.http); }},
                       {"probes", [&](const Value& v) { ParseProbes(v, config); }},
                       {"bpf_stats", [&](const Value& v) { config.bpf_stats = ParseBool(v); }},
+                      {"cgroups", [&](const Value& v) { ParseCgroups(v, config.cgroups); }},
+                      {"series", [&](const Value& v) { ParseSeries(v, config.series); }},
                   });
     return config;
   }
@@ -223,6 +226,44 @@ class Parser {
       const bool has_own_mark = !node.IsNull() && !node.Mark().is_null();
       field->parse(Value{node, path, has_own_mark ? node.Mark() : key_mark});
     }
+  }
+
+  void ParseCgroups(const Value& v, CgroupsConfig& cgroups) const {
+    ParseMap(v, {
+                    {"depth", [&](const Value& c) { cgroups.depth = ParseUint(c, 0, 64); }},
+                    {"allow", [&](const Value& c) { cgroups.allow = ParseRegexes(c); }},
+                    {"deny", [&](const Value& c) { cgroups.deny = ParseRegexes(c); }},
+                    {"sweep_interval_seconds",
+                     [&](const Value& c) { cgroups.sweep_interval_seconds = ParseUint(c, 1, 3600); }},
+                });
+  }
+
+  void ParseSeries(const Value& v, SeriesConfig& series) const {
+    ParseMap(v, {
+                    {"max_series_per_family",
+                     [&](const Value& c) { series.max_series_per_family = ParseUint(c, 16, 10000000); }},
+                    {"idle_ttl_seconds",
+                     [&](const Value& c) { series.idle_ttl_seconds = ParseUint(c, 0, 31536000); }},
+                });
+  }
+
+  // A sequence of ECMAScript regexes, each compiled here so that a bad one is a config error.
+  std::vector<std::string> ParseRegexes(const Value& v) const {
+    if (!v.node.IsSequence()) Fail(v, "must be a sequence of regexes, got " + Describe(v.node));
+    std::vector<std::string> result;
+    size_t i = 0;
+    for (const YAML::Node& item : v.node) {
+      const Value entry{item, v.path + "[" + std::to_string(i++) + "]",
+                        item.IsNull() || item.Mark().is_null() ? v.mark : item.Mark()};
+      if (!item.IsScalar()) Fail(entry, "must be a regex string, got " + Describe(item));
+      try {
+        std::regex(item.Scalar(), std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        Fail(entry, "invalid regex " + Describe(item) + ": " + OneLine(e.what(), kMaxQuotedValue));
+      }
+      result.push_back(item.Scalar());
+    }
+    return result;
   }
 
   void ParseHttp(const Value& v, HttpConfig& http) const {

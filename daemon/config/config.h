@@ -98,6 +98,22 @@ struct HttpConfig {
   uint32_t max_connections = 64;             // 1..4096: concurrent connections accepted.
 };
 
+/// Which cgroups get series of their own, and how often removed cgroups' kernel state is given
+/// back (YAML `cgroups`). Export-side: applied at scrape time, the probes keep full detail.
+struct CgroupsConfig {
+  uint32_t depth = 0;              // 0..64: 0 keeps full paths; N reports a deeper cgroup as its
+                                   // ancestor at depth N
+  std::vector<std::string> allow;  // ECMAScript regexes on the (folded) path; empty: all allowed
+  std::vector<std::string> deny;   // a match folds the cgroup into <other>
+  uint32_t sweep_interval_seconds = 5;  // 1..3600: how often removed cgroups are swept
+};
+
+/// The ceiling on what Prometheus receives (YAML `series`).
+struct SeriesConfig {
+  uint32_t max_series_per_family = 5000;  // 16..10000000: the rest folds into <other>
+  uint32_t idle_ttl_seconds = 600;        // 0..31536000: unchanged series leave /metrics (0: never)
+};
+
 /// A complete, validated configuration. A plain value: copy it, swap it on reload.
 struct Config {
   std::string source;  // The file it came from (or the source name given to ParseConfig).
@@ -106,6 +122,8 @@ struct Config {
   RetransConfig tcp_retransmit;     // YAML `probes.tcp_retransmit`.
   RunqueueConfig runqueue_latency;  // YAML `probes.runqueue_latency`.
   OffcpuConfig offcpu;              // YAML `probes.offcpu`.
+  CgroupsConfig cgroups;            // YAML `cgroups`.
+  SeriesConfig series;              // YAML `series`.
   // Kernel BPF run-time statistics (run_time_ns) while kpulse runs, for the
   // kpulse_bpf_program_* self-metrics. Costs two clock reads per program run. YAML `bpf_stats`.
   bool bpf_stats = false;

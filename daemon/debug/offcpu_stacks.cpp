@@ -82,10 +82,10 @@ FoldedStacks FoldOffcpuStacks(
 }
 
 OffcpuStacksEndpoint::OffcpuStacksEndpoint(const OffcpuSource& source, bool stacks_enabled,
-                                           CgroupPathLookup cgroups)
+                                           std::shared_ptr<const CgroupLabeler> labeler)
     : source_(source),
       stacks_enabled_(stacks_enabled),
-      cgroup_path_(std::move(cgroups)),
+      labeler_(std::move(labeler)),
       kernel_symbols_(stacks_enabled ? KernelSymbols::Load() : nullptr),
       user_symbols_(std::make_unique<UserSymbolizer>()) {}
 
@@ -145,8 +145,8 @@ HttpResponse OffcpuStacksEndpoint::Render(const HttpRequest& request) const {
   for (auto& stack : stacks) {
     if (state_filter && stack.key.state != *state_filter) continue;
     if (cgroup_filter) {
-      const auto path = cgroup_path_ ? cgroup_path_(stack.key.cgroup_id) : std::nullopt;
-      if (!path || *path != *cgroup_filter) continue;
+      const auto labels = labeler_->LabelsOf(stack.key.cgroup_id);
+      if (!labels || labels->cgroup != *cgroup_filter) continue;
     }
     selected.push_back(std::move(stack));
   }

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "bpf/sched_probe.h"
-#include "collect/cgroup_label.h"
+#include "cgroup/cgroup_labeler.h"
 #include "http/http_server.h"
 
 namespace kpulse {
@@ -32,19 +32,21 @@ FoldedStacks FoldOffcpuStacks(
     const std::function<std::vector<std::string>(uint32_t tgid, const std::vector<uint64_t>&)>&
         resolve_user);
 
-/// GET /debug/offcpu: folded off-CPU stacks. Query: `cgroup=` (exact cgroup path), `state=`
+/// GET /debug/offcpu: folded off-CPU stacks. Query: `cgroup=` (the `cgroup` label value, as
+/// /metrics shows it), `state=`
 /// (sleep|disk|idle|other), `seconds=N` (1..60: the blocked time accumulated during the next N
 /// seconds instead of since start). Thread-safe. Does not own `source`.
 class OffcpuStacksEndpoint {
  public:
-  OffcpuStacksEndpoint(const OffcpuSource& source, bool stacks_enabled, CgroupPathLookup cgroups);
+  OffcpuStacksEndpoint(const OffcpuSource& source, bool stacks_enabled,
+                       std::shared_ptr<const CgroupLabeler> labeler);
   ~OffcpuStacksEndpoint();
   HttpResponse Render(const HttpRequest& request) const;
 
  private:
   const OffcpuSource& source_;
   bool stacks_enabled_;
-  CgroupPathLookup cgroup_path_;
+  std::shared_ptr<const CgroupLabeler> labeler_;
   std::unique_ptr<KernelSymbols> kernel_symbols_;  // loaded once; null when kallsyms is hidden
   std::unique_ptr<UserSymbolizer> user_symbols_;
 };

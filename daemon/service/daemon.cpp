@@ -7,7 +7,9 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -15,6 +17,7 @@
 #include "bpf/libbpf_log.h"
 #include "bpf/retrans_probe.h"
 #include "bpf/sched_probe.h"
+#include "cgroup/cgroup_labeler.h"
 #include "cgroup/cgroup_resolver.h"
 #include "collect/bpf_program_collector.h"
 #include "collect/offcpu_collector.h"
@@ -24,6 +27,7 @@
 #include "debug/offcpu_stacks.h"
 #include "http/http_server.h"
 #include "http/metrics_handler.h"
+#include "service/cgroup_sweeper.h"
 #include "service/systemd_notify.h"
 #include "util/unique_fd.h"
 #include "version.h"
@@ -108,23 +112,35 @@ std::unique_ptr<SchedProbe> StartSchedProbe(const Config& config,
   return probe;
 }
 
-// Without a usable cgroup2 hierarchy every cgroup label is "<unknown>": the probes still count.
-CgroupPathLookup MakeCgroupLookup() {
-  auto unknown = [](uint64_t) -> std::optional<std::string> { return "<unknown>"; };
+// The cgroup2 hierarchy's resolver, or null when none is usable: every cgroup label is then
+// "<unknown>" and nothing is swept; the probes still count.
+std::shared_ptr<CgroupResolver> MakeCgroupResolver() {
   auto root = FindCgroup2Mount();
   if (!root) {
     spdlog::warn("no cgroup2 mount in /proc/self/mountinfo; cgroup labels will be <unknown>");
-    return unknown;
+    return nullptr;
   }
   try {
     auto resolver = std::make_shared<CgroupResolver>(*root);
     spdlog::info("cgroup v2 hierarchy at {}", *root);
-    return [resolver](uint64_t id) { return resolver->PathOf(id); };
+    return resolver;
   } catch (const std::exception& e) {
     spdlog::warn("cgroup v2 hierarchy at {} is not usable ({}); cgroup labels will be <unknown>",
                  *root, e.what());
-    return unknown;
+    return nullptr;
   }
+}
+
+std::shared_ptr<const CgroupLabeler> MakeCgroupLabeler(std::shared_ptr<CgroupResolver> resolver,
+                                                       const CgroupsConfig& config) {
+  CgroupPathLookup lookup;
+  if (resolver) lookup = [resolver](uint64_t id) { return resolver->PathOf(id); };
+  return std::make_shared<const CgroupLabeler>(
+      std::move(lookup), CgroupLabelPolicy{config.depth, config.allow, config.deny});
+}
+
+SeriesPolicy MakeSeriesPolicy(const SeriesConfig& config) {
+  return SeriesPolicy{config.max_series_per_family, std::chrono::seconds(config.idle_ttl_seconds)};
 }
 
 }  // namespace
@@ -135,7 +151,10 @@ int RunDaemon(const Config& config) {
   RouteLibbpfLogToSpdlog();
   spdlog::info("kpulse {} starting with {}", kVersion, config.source);
 
-  const CgroupPathLookup cgroup_path = MakeCgroupLookup();
+  const std::shared_ptr<CgroupResolver> resolver = MakeCgroupResolver();
+  const auto labeler = MakeCgroupLabeler(resolver, config.cgroups);
+  const SeriesPolicy series = MakeSeriesPolicy(config.series);
+  auto sweeper = std::make_shared<CgroupSweeper>(resolver);
   MetricsEndpoint metrics;
   std::vector<ProbeStatus> statuses;
 
@@ -143,7 +162,11 @@ int RunDaemon(const Config& config) {
   std::vector<const bpf_object*> objects;
   auto retrans = StartProbe<RetransProbe>("tcp_retransmit", config.tcp_retransmit, statuses);
   if (retrans) {
-    metrics.Add(std::make_shared<RetransCollector>(*retrans, cgroup_path, config.tcp_retransmit));
+    metrics.Add(
+        std::make_shared<RetransCollector>(*retrans, labeler, config.tcp_retransmit, series));
+    sweeper->Add("retrans_cgroups", [&retrans](const CgroupSweeper::Gone& gone) {
+      return retrans->SweepCgroups(gone).map([](uint32_t n) { return uint64_t{n}; });
+    });
     objects.push_back(retrans->object());
   }
   auto sched = StartSchedProbe(config, statuses);
@@ -151,17 +174,24 @@ int RunDaemon(const Config& config) {
   if (sched) {
     if (config.runqueue_latency.enabled) {
       metrics.Add(
-          std::make_shared<RunqueueCollector>(*sched, cgroup_path, config.runqueue_latency));
+          std::make_shared<RunqueueCollector>(*sched, labeler, config.runqueue_latency, series));
     }
     if (config.offcpu.enabled) {
-      metrics.Add(std::make_shared<OffcpuCollector>(*sched, cgroup_path));
+      metrics.Add(std::make_shared<OffcpuCollector>(*sched, labeler, series));
       offcpu_stacks =
-          std::make_unique<OffcpuStacksEndpoint>(*sched, config.offcpu.stacks.enabled, cgroup_path);
+          std::make_unique<OffcpuStacksEndpoint>(*sched, config.offcpu.stacks.enabled, labeler);
     }
+    sweeper->Add("cgroup_slots", [&sched](const CgroupSweeper::Gone& gone) {
+      return sched->SweepSlots(gone).map([](const SlotSweep& s) { return uint64_t{s.recycled}; });
+    });
+    sweeper->Add("offcpu_stacks", [&sched](const CgroupSweeper::Gone& gone) {
+      return sched->SweepStacks(gone).map([](uint32_t n) { return uint64_t{n}; });
+    });
     objects.push_back(sched->object());
   }
   metrics.Add(std::make_shared<BpfProgramCollector>(std::move(objects)));
   metrics.Add(std::make_shared<SelfCollector>(statuses));
+  metrics.Add(sweeper);
 
   HttpServer::Options options;
   options.listen = config.http.listen_addresses;
@@ -200,11 +230,19 @@ int RunDaemon(const Config& config) {
   spdlog::info("{}", status_line);
   systemd.Ready(status_line);
 
+  // The loop wakes for signals, the watchdog (at half its interval) and the cgroup sweep.
   const auto watchdog = systemd.watchdog_interval();
-  const int wait_ms = watchdog ? static_cast<int>(watchdog->count() / 2000) : -1;
+  const auto sweep_interval = std::chrono::seconds(config.cgroups.sweep_interval_seconds);
+  auto next_sweep = std::chrono::steady_clock::now() + sweep_interval;
+  int wait_ms = static_cast<int>(sweep_interval.count() * 1000);
+  if (watchdog) wait_ms = std::min(wait_ms, static_cast<int>(watchdog->count() / 2000));
   for (;;) {
     const int signal = signals.Wait(wait_ms);
     if (watchdog) systemd.WatchdogPing();
+    if (std::chrono::steady_clock::now() >= next_sweep) {
+      sweeper->SweepNow();
+      next_sweep = std::chrono::steady_clock::now() + sweep_interval;
+    }
     if (signal == SIGINT || signal == SIGTERM) {
       spdlog::info("received {}, stopping", strsignal(signal));
       break;

@@ -176,7 +176,8 @@ int main(int argc, char** argv) {
   }
   const int retrans_cgroups = MapFd(retrans->object(), "retrans_cgroups");
   const int cgroup_slots = MapFd(sched->object(), "cgroup_slots");
-  const int slot_owners = MapFd(sched->object(), "slot_owners");
+  const int slot_owner = MapFd(sched->object(), "slot_owner");
+  const int free_slots = MapFd(sched->object(), "free_slots");
   const int runq = MapFd(sched->object(), "runq_hot_hists");
   const int offcpu = MapFd(sched->object(), "offcpu_hot_hists");
   // A per-CPU value: the histogram on CPU 0, zeros elsewhere.
@@ -192,12 +193,15 @@ int main(int argc, char** argv) {
     }
   };
   const uint64_t kFirstId = 1ULL << 40;  // ids no real cgroup has
-  // Slots are claimed as the program claims them (BPF_NOEXIST in slot_owners), from 64 on: the
-  // host's own cgroups claim theirs from 0 meanwhile.
-  uint32_t next_free = 64;
+  // Slots are claimed as the program claims them: popped from free_slots, then owned.
   auto claim_slot = [&](uint64_t id) {
-    while (bpf_map_update_elem(slot_owners, &next_free, &id, BPF_NOEXIST) != 0) ++next_free;
-    return next_free++;
+    uint32_t slot = 0;
+    if (bpf_map_lookup_and_delete_elem(free_slots, nullptr, &slot) != 0) {
+      std::fprintf(stderr, "no free slot: %s\n", strerror(errno));
+      std::exit(1);
+    }
+    Put(slot_owner, slot, id);
+    return slot;
   };
   for (int i = 0; i < kCgroups; ++i) {
     const uint64_t id = kFirstId + static_cast<uint64_t>(i);
@@ -207,23 +211,28 @@ int main(int argc, char** argv) {
     const uint32_t slot = claim_slot(id);
     Put(cgroup_slots, id, slot);
     put_per_cpu(runq, slot, per_cpu(SomeHist(i)));
-    put_per_cpu(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_SLEEP, per_cpu(SomeHist(i)));
-    put_per_cpu(offcpu, slot * OFFCPU_STATE_MAX + OFFCPU_DISK, per_cpu(SomeHist(i + 1)));
+    put_per_cpu(offcpu, sched_hist_index(slot, 0, OFFCPU_STATE_MAX, OFFCPU_SLEEP),
+                per_cpu(SomeHist(i)));
+    put_per_cpu(offcpu, sched_hist_index(slot, 0, OFFCPU_STATE_MAX, OFFCPU_DISK),
+                per_cpu(SomeHist(i + 1)));
   }
-  auto paths = [kFirstId](uint64_t id) -> std::optional<std::string> {
-    return "/bench.slice/service-" + std::to_string(id - kFirstId) + ".service";
-  };
+  auto paths = std::make_shared<const kpulse::CgroupLabeler>(
+      [kFirstId](uint64_t id) -> std::optional<std::string> {
+        return "/bench.slice/service-" + std::to_string(id - kFirstId) + ".service";
+      });
+  // Every series exported: no cap, no idle TTL.
+  const kpulse::SeriesPolicy all{size_t{1} << 30, std::chrono::seconds(0)};
 
   kpulse::MetricsEndpoint endpoint;
-  endpoint.Add(std::make_shared<kpulse::RetransCollector>(*retrans, paths, retrans_config));
-  endpoint.Add(std::make_shared<kpulse::RunqueueCollector>(*sched, paths, sched_options.runqueue));
-  endpoint.Add(std::make_shared<kpulse::OffcpuCollector>(*sched, paths));
+  endpoint.Add(std::make_shared<kpulse::RetransCollector>(*retrans, paths, retrans_config, all));
+  endpoint.Add(std::make_shared<kpulse::RunqueueCollector>(*sched, paths, sched_options.runqueue, all));
+  endpoint.Add(std::make_shared<kpulse::OffcpuCollector>(*sched, paths, all));
 
   {  // Where the time goes: collecting (map reads, labels) vs serialising.
     std::vector<std::shared_ptr<prometheus::Collectable>> parts = {
-        std::make_shared<kpulse::RetransCollector>(*retrans, paths, retrans_config),
-        std::make_shared<kpulse::RunqueueCollector>(*sched, paths, sched_options.runqueue),
-        std::make_shared<kpulse::OffcpuCollector>(*sched, paths)};
+        std::make_shared<kpulse::RetransCollector>(*retrans, paths, retrans_config, all),
+        std::make_shared<kpulse::RunqueueCollector>(*sched, paths, sched_options.runqueue, all),
+        std::make_shared<kpulse::OffcpuCollector>(*sched, paths, all)};
     std::vector<prometheus::MetricFamily> families;
     double collect_ms = 0;
     std::string each;

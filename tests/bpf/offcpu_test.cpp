@@ -276,10 +276,12 @@ TEST_P(OffcpuProbeTest, DebugEndpointShowsTheFunctionAThreadBlockedIn) {
   }
   ASSERT_TRUE(test::WaitAllAsleep(blocked.pid(), 1, 5s));
 
-  OffcpuStacksEndpoint endpoint(*probe, true, [&](uint64_t id) -> std::optional<std::string> {
-    if (id == cgroup.id()) return cgroup.path();
-    return std::nullopt;
-  });
+  OffcpuStacksEndpoint endpoint(*probe, true,
+                                std::make_shared<const CgroupLabeler>(
+                                    [&](uint64_t id) -> std::optional<std::string> {
+                                      if (id == cgroup.id()) return cgroup.path();
+                                      return std::nullopt;
+                                    }));
   const HttpResponse page = endpoint.Render(
       HttpRequest{"GET", "/debug/offcpu", {{"cgroup", cgroup.path()}, {"state", "sleep"}}, false});
   EXPECT_EQ(page.status, 200u);

@@ -136,18 +136,18 @@ TEST_P(RetransProbeTest, SynRetransmitsMatchTcpSynRetransAndOwnerCgroup) {
   EXPECT_EQ(flows_in_ns, 1u);
 
   // And the collector turns the owner's cgroup id into its path.
-  RetransCollector collector(
-      *probe,
-      [&](uint64_t id) -> std::optional<std::string> {
-        if (id == cgroup.id()) return cgroup.path();
-        return std::nullopt;
-      },
-      RetransConfig{});
+  RetransCollector collector(*probe,
+                             std::make_shared<const CgroupLabeler>(
+                                 [&](uint64_t id) -> std::optional<std::string> {
+                                   if (id == cgroup.id()) return cgroup.path();
+                                   return std::nullopt;
+                                 }),
+                             RetransConfig{});
   bool found = false;
   for (const auto& family : collector.Collect()) {
     if (family.name != "kpulse_tcp_cgroup_retransmits_total") continue;
     for (const auto& metric : family.metric) {
-      if (metric.label[0].value == cgroup.path() && metric.label[1].value == "syn") {
+      if (metric.label[0].value == cgroup.path() && metric.label.back().value == "syn") {
         EXPECT_EQ(metric.counter.value, static_cast<double>(kernel_syn));
         found = true;
       }

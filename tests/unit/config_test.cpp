@@ -372,7 +372,7 @@ TEST(ConfigErrors, StrayCommaInSecondDocumentIsASyntaxError) {
 
 TEST(ConfigErrors, UnknownTopLevelKey) {
   EXPECT_EQ(ErrorOf("log_level: info\nloglevel: debug\n"),
-            "test.yaml:2:1: loglevel: unknown key (known: log_level, http, probes, bpf_stats)");
+            "test.yaml:2:1: loglevel: unknown key (known: log_level, http, probes, bpf_stats, cgroups, series)");
 }
 
 TEST(ConfigErrors, UnknownHttpKey) {

@@ -6,37 +6,17 @@
 
 #include "collect/offcpu_collector.h"
 #include "debug/offcpu_stacks.h"
-#include "fake_cgroups.h"
+#include "fakes.h"
 
 namespace kpulse {
 namespace {
 
+using test::FakeOffcpuSource;
+using test::Hist;
 using test::Paths;
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-class FakeOffcpuSource : public OffcpuSource {
- public:
-  tl::expected<OffcpuSnapshot, std::string> OffcpuSnapshotNow() const override { return snapshot; }
-  tl::expected<std::vector<OffcpuStack>, std::string> OffcpuStacksNow() const override {
-    // Each call returns the next prepared reading (the last one repeats).
-    const size_t index = std::min(calls_++, stacks.size() - 1);
-    return stacks[index];
-  }
-  OffcpuSnapshot snapshot;
-  std::vector<std::vector<OffcpuStack>> stacks = {{}};
-
- private:
-  mutable size_t calls_ = 0;
-};
-
-sched_hist Hist(int slot, uint64_t count, uint64_t sum_ns) {
-  sched_hist hist{};
-  hist.slots[slot] = count;
-  hist.sum_ns = sum_ns;
-  return hist;
-}
 
 OffcpuStack Stack(uint64_t cgroup, uint32_t tgid, uint32_t state, uint64_t blocked_ns,
                   std::vector<uint64_t> kernel, std::vector<uint64_t> user) {
@@ -70,20 +50,19 @@ TEST(OffcpuCollector, SecondsTotalAndDurationHistogramPerCgroupAndState) {
   source.snapshot.overflow[OFFCPU_IDLE] = Hist(20, 2, 3000000000);
   OffcpuCollector collector(source, Paths({{100, "/app.slice"}}));
   const std::string text = prometheus::TextSerializer().Serialize(collector.Collect());
-  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"/app.slice\",state=\"sleep\"} "
-                              "0.5\n"));
-  EXPECT_THAT(text,
-              HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"/app.slice\",state=\"disk\"} 1\n"));
-  EXPECT_THAT(text,
-              HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"<deleted>\",state=\"sleep\"} 1e-05"));
-  EXPECT_THAT(text,
-              HasSubstr("kpulse_offcpu_seconds_total{cgroup=\"<other>\",state=\"idle\"} 3\n"));
-  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{cgroup=\"/app.slice\","
-                              "state=\"disk\",le=\"0.268435456\"} 5\n"));
-  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{cgroup=\"/app.slice\","
-                              "state=\"disk\",le=\"0.134217728\"} 0\n"));
-  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_count{cgroup=\"/app.slice\","
-                              "state=\"sleep\"} 25\n"));
+  const std::string app = "cgroup=\"/app.slice\",unit=\"app.slice\",container_id=\"\",pod_uid=\"\",qos=\"\"";
+  const std::string other = "cgroup=\"<other>\",unit=\"\",container_id=\"\",pod_uid=\"\",qos=\"\"";
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + app + ",state=\"sleep\"} 0.5\n"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + app + ",state=\"disk\"} 1\n"));
+  // A removed cgroup that was never labelled while it lived: deleted totals.
+  EXPECT_THAT(text, HasSubstr("kpulse_deleted_cgroups_offcpu_seconds_total{state=\"sleep\"} 1e-05"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + other + ",state=\"idle\"} 3\n"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{" + app +
+                              ",state=\"disk\",le=\"0.268435456\"} 5\n"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{" + app +
+                              ",state=\"disk\",le=\"0.134217728\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_count{" + app +
+                              ",state=\"sleep\"} 25\n"));
 }
 
 TEST(FoldOffcpuStacks, RootFirstUserThenKernelFramesWithoutProbeFramesSummed) {

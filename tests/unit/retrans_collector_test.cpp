@@ -7,30 +7,17 @@
 #include <cstring>
 #include <map>
 
-#include "fake_cgroups.h"
+#include "fakes.h"
 
 namespace kpulse {
 namespace {
 
+using test::FakeRetransSource;
 using test::Paths;
 
 using ::testing::ElementsAre;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
-
-class FakeRetransSource : public RetransSource {
- public:
-  tl::expected<RetransSnapshot, std::string> Snapshot() const override {
-    if (!error.empty()) return tl::unexpected(error);
-    return snapshot;
-  }
-  std::string_view hook() const override { return "tp_btf"; }
-  bool reports_failures() const override { return failures; }
-
-  RetransSnapshot snapshot;
-  bool failures = true;
-  std::string error;
-};
 
 retrans_flow_key V4Flow(const char* laddr, uint16_t lport, const char* raddr, uint16_t rport,
                         uint32_t kind, uint32_t netns = 4026531840u) {
@@ -57,7 +44,7 @@ retrans_flow_key V6Flow(const char* laddr, uint16_t lport, const char* raddr, ui
   return key;
 }
 
-// family name -> (sorted label string -> value)
+// family name -> (label string -> value); empty labels are left out, as Prometheus does.
 using Samples = std::map<std::string, double>;
 std::map<std::string, Samples> Collect(const RetransCollector& collector) {
   std::map<std::string, Samples> result;
@@ -66,6 +53,7 @@ std::map<std::string, Samples> Collect(const RetransCollector& collector) {
     for (const auto& metric : family.metric) {
       std::string labels;
       for (const auto& label : metric.label) {
+        if (label.value.empty()) continue;
         labels += (labels.empty() ? "" : ",") + label.name + "=" + label.value;
       }
       samples[labels] = family.type == prometheus::MetricType::Counter ? metric.counter.value
@@ -135,8 +123,10 @@ TEST(RetransCollector, FailuresOnlyWhenTheKernelReportsThem) {
   EXPECT_EQ(Collect(collector).count("kpulse_tcp_retransmit_failures_total"), 0u);
 }
 
-TEST(RetransCollector, CgroupIdsBecomePathsAndDeletedOnesFoldIntoOneSeries) {
+TEST(RetransCollector, CgroupIdsBecomeLabelSetsAndRemovedOnesCountAsDeleted) {
   FakeRetransSource source;
+  source.snapshot.totals.segments[RETRANS_KIND_SYN] = 12;
+  source.snapshot.totals.segments[RETRANS_KIND_DATA] = 40;
   source.snapshot.cgroups = {
       {{100, RETRANS_KIND_SYN, 0}, {7}},
       {{200, RETRANS_KIND_SYN, 0}, {2}},  // deleted
@@ -145,10 +135,16 @@ TEST(RetransCollector, CgroupIdsBecomePathsAndDeletedOnesFoldIntoOneSeries) {
   };
   RetransCollector collector(source, Paths({{100, "/system.slice/nginx.service"}}),
                              RetransConfig{});
-  EXPECT_THAT(Collect(collector)["kpulse_tcp_cgroup_retransmits_total"],
-              UnorderedElementsAre(Pair("cgroup=/system.slice/nginx.service,kind=syn", 7),
-                                   Pair("cgroup=/system.slice/nginx.service,kind=data", 40),
-                                   Pair("cgroup=<deleted>,kind=syn", 5)));
+  auto families = Collect(collector);
+  EXPECT_THAT(
+      families["kpulse_tcp_cgroup_retransmits_total"],
+      UnorderedElementsAre(
+          Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=syn", 7),
+          Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=data", 40)));
+  // Deleted = node total - what the series hold.
+  EXPECT_THAT(families["kpulse_deleted_cgroups_tcp_retransmits_total"],
+              UnorderedElementsAre(Pair("kind=syn", 5), Pair("kind=synack", 0),
+                                   Pair("kind=data", 0)));
 }
 
 TEST(RetransCollector, CgroupMapOverflowIsAnOtherSeriesSoSumsMatchTotals) {
@@ -160,14 +156,55 @@ TEST(RetransCollector, CgroupMapOverflowIsAnOtherSeriesSoSumsMatchTotals) {
   EXPECT_THAT(
       Collect(collector)["kpulse_tcp_cgroup_retransmits_total"],
       UnorderedElementsAre(Pair("cgroup=/a,kind=syn", 6), Pair("cgroup=<other>,kind=syn", 4)));
+  EXPECT_EQ(Collect(collector)["kpulse_deleted_cgroups_tcp_retransmits_total"]["kind=syn"], 0);
 }
 
 TEST(RetransCollector, InvalidUtf8CgroupPathIsSanitised) {
   FakeRetransSource source;
   source.snapshot.cgroups = {{{100, RETRANS_KIND_SYN, 0}, {1}}};
-  RetransCollector collector(source, Paths({{100, std::string("/bad\xff")}}), RetransConfig{});
+  RetransCollector collector(source, Paths({{100, std::string("/bad\xff.service")}}),
+                             RetransConfig{});
   EXPECT_THAT(Collect(collector)["kpulse_tcp_cgroup_retransmits_total"],
-              ElementsAre(Pair("cgroup=/bad\xEF\xBF\xBD,kind=syn", 1)));
+              ElementsAre(Pair("cgroup=/bad\xEF\xBF\xBD.service,unit=bad\xEF\xBF\xBD.service,"
+                               "kind=syn",
+                               1)));
+}
+
+TEST(RetransCollector, RemovedCgroupsCountsStayInItsSeriesWhileAFoldedSiblingLives) {
+  // Depth 2 folds /a.slice/b.service/x and .../y into their ancestor /a.slice/b.service.
+  FakeRetransSource source;
+  source.snapshot.totals.segments[RETRANS_KIND_SYN] = 10;
+  source.snapshot.cgroups = {{{1, RETRANS_KIND_SYN, 0}, {6}}, {{2, RETRANS_KIND_SYN, 0}, {4}}};
+  std::map<uint64_t, std::string> paths = {{1, "/a.slice/b.service/x"},
+                                           {2, "/a.slice/b.service/y"}};
+  auto live = std::make_shared<std::map<uint64_t, std::string>>(paths);
+  auto labeler = std::make_shared<const CgroupLabeler>(
+      [live](uint64_t id) -> std::optional<std::string> {
+        auto it = live->find(id);
+        return it == live->end() ? std::nullopt : std::optional(it->second);
+      },
+      CgroupLabelPolicy{2, {}, {}});
+  RetransCollector collector(source, labeler, RetransConfig{});
+  const std::string series = "cgroup=/a.slice/b.service,unit=b.service,kind=syn";
+  EXPECT_THAT(Collect(collector)["kpulse_tcp_cgroup_retransmits_total"],
+              ElementsAre(Pair(series, 10)));
+  // y is removed: first its entry is still in the map, then the sweep retires it.
+  live->erase(2);
+  EXPECT_THAT(Collect(collector)["kpulse_tcp_cgroup_retransmits_total"],
+              ElementsAre(Pair(series, 10)));
+  source.snapshot.cgroups = {{{1, RETRANS_KIND_SYN, 0}, {7}}};
+  source.snapshot.retired = {{{2, RETRANS_KIND_SYN, 0}, {4}}};
+  source.snapshot.totals.segments[RETRANS_KIND_SYN] = 11;
+  auto families = Collect(collector);
+  EXPECT_THAT(families["kpulse_tcp_cgroup_retransmits_total"], ElementsAre(Pair(series, 11)));
+  EXPECT_EQ(families["kpulse_deleted_cgroups_tcp_retransmits_total"]["kind=syn"], 0);
+  // x goes too: the whole series moves to the deleted totals.
+  live->erase(1);
+  source.snapshot.cgroups = {};
+  source.snapshot.retired = {{{1, RETRANS_KIND_SYN, 0}, {7}}};
+  families = Collect(collector);
+  EXPECT_THAT(families["kpulse_tcp_cgroup_retransmits_total"], ElementsAre());
+  EXPECT_EQ(families["kpulse_deleted_cgroups_tcp_retransmits_total"]["kind=syn"], 11);
 }
 
 TEST(RetransCollector, FullFlowLabels) {

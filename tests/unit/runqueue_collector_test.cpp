@@ -6,34 +6,17 @@
 
 #include <map>
 
-#include "fake_cgroups.h"
+#include "fakes.h"
 
 namespace kpulse {
 namespace {
 
+using test::FakeRunqueueSource;
+using test::Hist;
 using test::Paths;
 
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-class FakeRunqueueSource : public RunqueueSource {
- public:
-  tl::expected<RunqueueSnapshot, std::string> RunqueueSnapshotNow() const override {
-    if (!error.empty()) return tl::unexpected(error);
-    return snapshot;
-  }
-  RunqueueSnapshot snapshot;
-  std::string error;
-};
-
-sched_hist Hist(std::map<int, uint64_t> slots, uint64_t sum_ns) {
-  sched_hist hist{};
-  for (const auto& [slot, count] : slots) {
-    hist.slots[slot] = count;
-  }
-  hist.sum_ns = sum_ns;
-  return hist;
-}
 
 std::string Render(const RunqueueCollector& collector) {
   return prometheus::TextSerializer().Serialize(collector.Collect());
@@ -75,12 +58,15 @@ TEST(RunqueueCollector, PerCgroupAndNodeHistogramsInTextFormat) {
   RunqueueCollector collector(source, Paths({{100, "/system.slice/app.service"}}),
                               RunqueueConfig{});
   const std::string text = Render(collector);
+  const std::string app =
+      "cgroup=\"/system.slice/app.service\",unit=\"app.service\",container_id=\"\",pod_uid=\"\","
+      "qos=\"\"";
   EXPECT_THAT(text, HasSubstr("# TYPE kpulse_runqueue_latency_seconds histogram"));
-  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_bucket{cgroup=\"/system.slice/"
-                              "app.service\",le=\"1.6384e-05\"} 4"));
-  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/system.slice/"
-                              "app.service\"} 4"));
-  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<other>\"} 1"));
+  EXPECT_THAT(text,
+              HasSubstr("kpulse_runqueue_latency_seconds_bucket{" + app + ",le=\"1.6384e-05\"} 4"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{" + app + "} 4"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<other>\",unit=\"\","
+                              "container_id=\"\",pod_uid=\"\",qos=\"\"} 1"));
   // Node = every cgroup + overflow.
   EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_count 5"));
   EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_bucket{le=\"+Inf\"} 5"));
@@ -91,7 +77,7 @@ TEST(RunqueueCollector, PerCgroupAndNodeHistogramsInTextFormat) {
   }
 }
 
-TEST(RunqueueCollector, DeletedCgroupsFoldAndPerCpuAddsACpuLabel) {
+TEST(RunqueueCollector, RemovedCgroupsAreDeletedTotalsAndPerCpuAddsACpuLabel) {
   FakeRunqueueSource source;
   source.snapshot.hists = {
       {{7, 0}, Hist({{1, 1}}, 3000)},
@@ -102,10 +88,26 @@ TEST(RunqueueCollector, DeletedCgroupsFoldAndPerCpuAddsACpuLabel) {
   config.per_cpu = true;
   RunqueueCollector collector(source, Paths({{9, "/a"}}), config);
   const std::string text = Render(collector);
-  EXPECT_THAT(text,
-              HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<deleted>\",cpu=\"0\"} 3"));
-  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/a\",cpu=\"1\"} 1"));
+  EXPECT_THAT(text, HasSubstr("kpulse_deleted_cgroups_runqueue_latency_seconds_count{cpu=\"0\"} 3"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/a\",unit=\"\","
+                              "container_id=\"\",pod_uid=\"\",qos=\"\",cpu=\"1\"} 1"));
   EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_count 4"));
+}
+
+TEST(RunqueueCollector, RetiredSlotsKeepTheNodeHistogramAndDeletedTotalsMonotonic) {
+  FakeRunqueueSource source;
+  source.snapshot.hists = {{{7, kAllCpus}, Hist({{1, 2}}, 6000)},
+                           {{9, kAllCpus}, Hist({{2, 1}}, 5000)}};
+  RunqueueCollector collector(source, Paths({{9, "/a"}}), RunqueueConfig{});
+  EXPECT_THAT(Render(collector), HasSubstr("kpulse_node_runqueue_latency_seconds_count 3"));
+  // The sweep recycles 7's slot: its histogram arrives once as retired, then never again.
+  source.snapshot.hists = {{{9, kAllCpus}, Hist({{2, 1}}, 5000)}};
+  source.snapshot.retired = {{{7, kAllCpus}, Hist({{1, 2}}, 6000)}};
+  for (int scrape = 0; scrape < 2; ++scrape) {
+    const std::string text = Render(collector);
+    EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_count 3"));
+    EXPECT_THAT(text, HasSubstr("kpulse_deleted_cgroups_runqueue_latency_seconds_count 2"));
+  }
 }
 
 TEST(RunqueueCollector, ReadErrorYieldsOnlyTheErrorCounter) {
