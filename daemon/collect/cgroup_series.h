@@ -71,20 +71,31 @@ class CgroupSeries {
       if (auto labels = labeler.LabelsOf(entry.cgroup_id)) {
         member.key = labels->cgroup;
         member.labels = std::move(labels);
+        member.live = true;
         alive.insert(member.key);
       } else if (auto old = members_.find(entry.cgroup_id); old != members_.end()) {
         member = old->second;
+        member.live = false;
+      } else {
+        member.route = Member::kDeleted;  // removed before it was ever labelled
       }
       members.emplace(entry.cgroup_id, std::move(member));
     }
-    // 2. Retired counts go to their label set while it lives, else where its series went.
+    // A removed cgroup stays in its label set's series while another member lives; the first
+    // update that finds none decides, once and for good, where its counts go from then on
+    // (deciding again later would move counts back out of a family).
+    for (auto& [id, member] : members) Route(member, alive);
+    // 2. Retired counts follow their cgroup's route.
     for (const Entry& entry : retired) {
-      const Member* member = Find(entry.cgroup_id, members);
-      if (member && alive.contains(member->key)) {
-        SeriesAdd(accumulated_[{member->key, entry.sub}].value, entry.value);
-        accumulated_[{member->key, entry.sub}].labels = member->labels;
+      Member* member = Find(entry.cgroup_id, members);
+      if (member) Route(*member, alive);
+      if (member && member->route == Member::kSeries) {
+        Accumulated& acc = accumulated_[{member->key, entry.sub}];
+        SeriesAdd(acc.value, entry.value);
+        acc.labels = member->labels;
       } else {
-        SeriesAdd(Departed(member)[entry.sub], entry.value);
+        SeriesAdd((member && member->route == Member::kOther ? other_ : deleted_)[entry.sub],
+                  entry.value);
       }
     }
     // 3. Accumulators of label sets with no live cgroup left follow them out.
@@ -107,13 +118,12 @@ class CgroupSeries {
     }
     for (const Entry& entry : live) {
       const Member& member = members.at(entry.cgroup_id);
-      if (member.labels && alive.contains(member.key)) {
+      if (member.route == Member::kSeries) {
         Group& group = groups[member.key];
         if (!group.labels) group.labels = member.labels;
         SeriesAdd(group.values[entry.sub], entry.value);
       } else {  // removed, its label set gone with it, until it is retired
-        SeriesAdd((member.labels && folded_keys_.contains(member.key) ? other : deleted)[entry.sub],
-                  entry.value);
+        SeriesAdd((member.route == Member::kOther ? other : deleted)[entry.sub], entry.value);
       }
     }
     for (const Entry& entry : overflow) SeriesAdd(other[entry.sub], entry.value);
@@ -153,7 +163,9 @@ class CgroupSeries {
       result.series.push_back({other_group.labels, sub, value});
     }
     // 6. Remember who was where for the next update.
-    for (auto& [id, member] : members) member.folded = folded.contains(member.key);
+    for (auto& [id, member] : members) {
+      if (member.route == Member::kSeries) member.folded = folded.contains(member.key);
+    }
     members_ = std::move(members);
     folded_keys_ = std::move(folded);
     result.deleted = std::move(deleted);
@@ -163,9 +175,12 @@ class CgroupSeries {
 
  private:
   struct Member {
+    enum RouteTo { kSeries, kDeleted, kOther };
     std::string key;  // the label set's `cgroup`; empty: never labelled (removed before)
     std::shared_ptr<const CgroupLabels> labels;
+    bool live = false;    // labelled at this update
     bool folded = false;  // its label set was folded into <other> at the last update
+    RouteTo route = kSeries;  // where its counts go; leaves kSeries once, never comes back
   };
   struct Accumulated {
     std::shared_ptr<const CgroupLabels> labels;
@@ -176,15 +191,17 @@ class CgroupSeries {
     std::map<uint32_t, Value> values;
   };
 
-  const Member* Find(uint64_t id, const std::unordered_map<uint64_t, Member>& members) const {
+  Member* Find(uint64_t id, std::unordered_map<uint64_t, Member>& members) {
     if (auto it = members.find(id); it != members.end() && it->second.labels) return &it->second;
     if (auto it = members_.find(id); it != members_.end() && it->second.labels) return &it->second;
     return nullptr;
   }
-  // Where counts of a removed cgroup whose label set is gone belong: <other> if that label set
-  // was folded there, else the deleted totals.
-  std::map<uint32_t, Value>& Departed(const Member* member) {
-    return member && (member->folded || folded_keys_.contains(member->key)) ? other_ : deleted_;
+  // A removed member whose label set has no live member left leaves it: for <other> if that
+  // label set was folded there, else for the deleted totals.
+  void Route(Member& member, const std::set<std::string>& alive) const {
+    if (member.route != Member::kSeries || member.live || alive.contains(member.key)) return;
+    member.route = member.folded || folded_keys_.contains(member.key) ? Member::kOther
+                                                                      : Member::kDeleted;
   }
 
   std::mutex mu_;
