@@ -35,6 +35,7 @@ test: build
 
 bench: build
 	$(BUILD_DIR)/tests/kpulse_sched_bench 7 1
+	$(BUILD_DIR)/tests/kpulse_cgroup_spread_bench 3 1 1000
 	$(BUILD_DIR)/tests/kpulse_scrape_bench 21 idle 60
 
 clean:

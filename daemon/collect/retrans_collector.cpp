@@ -172,20 +172,16 @@ void RetransCollector::AddCgroupFamilies(const RetransSnapshot& snapshot,
   }
   families.push_back(std::move(cgroup));
 
-  // Removed cgroups: the node total minus what the series hold. That also covers a retransmit
-  // that raced with the removal of its cgroup's entry (it is in the totals only). The totals are
-  // read first, so the difference can only lag behind, never run ahead.
+  // Removed cgroups: the counts their entries held when the sweep took them out. A retransmit
+  // racing with that removal (a socket of the removed cgroup, within nanoseconds) is in the node
+  // totals only.
   auto deleted = MakeFamily("kpulse_deleted_cgroups_tcp_retransmits_total",
                             "TCP segments retransmitted by sockets of cgroups since removed.",
                             MetricType::Counter);
   for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) {
-    auto held = result.held.find(kind);
-    const uint64_t in_series = held == result.held.end() ? 0 : held->second;
-    const uint64_t total = snapshot.totals.segments[kind];
-    const uint64_t derived = total > in_series ? total - in_series : 0;
-    deleted_high_water_[kind] = std::max(deleted_high_water_[kind], derived);
+    auto it = result.deleted.find(kind);
     AddSample(deleted, {{"kind", std::string(RetransKindName(kind))}},
-              static_cast<double>(deleted_high_water_[kind]));
+              static_cast<double>(it == result.deleted.end() ? 0 : it->second));
   }
   families.push_back(std::move(deleted));
   families.push_back(SeriesFoldedFamily("kpulse_tcp_cgroup_retransmits_total", result.folded_total));

@@ -69,9 +69,8 @@ class RetransCollector : public prometheus::Collectable {
   // Folded flows' last counts, and those of folded flows since evicted: <other> keeps them.
   mutable std::map<retrans_flow_key, KindCounts, FlowLess> folded_flows_;  // Guarded by mu_.
   mutable KindCounts departed_folded_{};                                  // Guarded by mu_.
-  // Derived counters (node totals minus what the maps hold) race with inserts between the two
-  // reads; their exported values only ever rise.
-  mutable KindCounts deleted_high_water_{};  // Guarded by mu_.
+  // Evictions are derived (flows created - flows present); reads race with inserts, so the
+  // exported counter only ever rises.
   mutable uint64_t evicted_high_water_ = 0;  // Guarded by mu_.
   ReadErrors read_errors_{"tcp_retransmit", "kpulse_tcp_retransmit_read_errors_total"};
 };

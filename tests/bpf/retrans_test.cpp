@@ -24,6 +24,8 @@ void PrintTo(RetransHook hook, std::ostream* os) { *os << ToString(hook); }
 namespace {
 
 using test::Child;
+using test::DropInitialSyns;
+using test::FastSynRetries;
 using test::NetNs;
 using test::ReadTcpCounters;
 using test::TcpCounters;
@@ -64,15 +66,6 @@ uint64_t NodeTotal(const RetransSnapshot& snapshot) {
 }
 
 // One connect() = 1 SYN + `retries` retransmits at 1 s, 2 s, 4 s... (linear timeouts off).
-void FastSynRetries(const NetNs& ns, int retries) {
-  ns.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0");  // 6.18 default 4 (absent before 6.16)
-  ns.Sysctl("net.ipv4.tcp_syn_retries", std::to_string(retries));
-}
-
-std::string DropInitialSyns(uint16_t port) {
-  return test::NftDropInput("tcp dport " + std::to_string(port) + " tcp flags & (syn|ack) == syn");
-}
-
 class RetransProbeTest : public ::testing::TestWithParam<RetransHook> {
  protected:
   void SetUp() override { KPULSE_REQUIRE_ROOT(); }

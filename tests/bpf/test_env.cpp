@@ -117,12 +117,12 @@ void ConnectWithVeth(const NetNs& a, const std::string& a_addr, const NetNs& b,
   b.Exec("ip link set " + vb + " up");
 }
 
-TestCgroup::TestCgroup(const std::string& tag) {
+TestCgroup::TestCgroup(const std::string& tag, const TestCgroup* parent, bool exact_name) {
   auto root = FindCgroup2Mount();
   if (!root) throw std::runtime_error("no cgroup2 mount found");
-  const std::string name = UniqueName(tag);
-  dir_ = *root + "/" + name;
-  path_ = "/" + name;
+  const std::string name = exact_name ? tag : UniqueName(tag);
+  dir_ = (parent ? parent->dir() : *root) + "/" + name;
+  path_ = (parent ? parent->path() : "") + "/" + name;
   if (mkdir(dir_.c_str(), 0755) != 0) {
     throw std::runtime_error("mkdir " + dir_ + ": " + strerror(errno));
   }
@@ -229,6 +229,15 @@ sockaddr_in Ipv4(const std::string& addr, uint16_t port) {
 }  // namespace
 
 std::string NftDropInput(const std::string& match) { return NftDrop("input", match); }
+
+void FastSynRetries(const NetNs& ns, int retries) {
+  ns.Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0");  // 6.18 default 4 (absent before 6.16)
+  ns.Sysctl("net.ipv4.tcp_syn_retries", std::to_string(retries));
+}
+
+std::string DropInitialSyns(uint16_t port) {
+  return NftDropInput("tcp dport " + std::to_string(port) + " tcp flags & (syn|ack) == syn");
+}
 std::string NftDropOutput(const std::string& match) { return NftDrop("output", match); }
 
 ReadySignal::ReadySignal() {

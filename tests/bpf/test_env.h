@@ -53,10 +53,13 @@ class NetNs {
 void ConnectWithVeth(const NetNs& a, const std::string& a_addr, const NetNs& b,
                      const std::string& b_addr);
 
-/// A fresh cgroup v2 directory under the cgroup2 mount, removed on destruction.
+/// A fresh cgroup v2 directory under the cgroup2 mount (or under `parent`), removed on
+/// destruction.
 class TestCgroup {
  public:
-  explicit TestCgroup(const std::string& tag);
+  /// `tag` becomes part of a unique directory name, or the name itself with `exact_name`.
+  explicit TestCgroup(const std::string& tag, const TestCgroup* parent = nullptr,
+                      bool exact_name = false);
   ~TestCgroup();
   TestCgroup(const TestCgroup&) = delete;
   TestCgroup& operator=(const TestCgroup&) = delete;
@@ -84,6 +87,12 @@ class Child {
  private:
   pid_t pid_ = -1;
 };
+
+/// SYN retries in `ns`: `retries` retransmits per connect, with the classic exponential timeouts
+/// (1 s, 2 s, ...; 6.16+ defaults to linear ones).
+void FastSynRetries(const NetNs& ns, int retries);
+/// nft ruleset dropping the initial SYNs (not the SYN-ACKs) to `port`.
+std::string DropInitialSyns(uint16_t port);
 
 /// The kernel's own TCP counters of one network namespace.
 struct TcpCounters {

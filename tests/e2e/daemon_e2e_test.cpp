@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -320,6 +321,92 @@ TEST_F(DaemonE2eTest, SynStormInANamespaceEqualsItsTcpSynRetransOverHttp) {
                                      "rport=\"7000\"", "lport=\"0\""});
   EXPECT_EQ(after.syn_retrans - before.syn_retrans, 20u) << "setup: 20 connects x 1 retry";
   EXPECT_EQ(scraped, static_cast<double>(after.syn_retrans - before.syn_retrans)) << page;
+}
+
+// A process that keeps switching (short spins and naps) inside `cgroup` until destroyed.
+class BusyInCgroup {
+ public:
+  explicit BusyInCgroup(const test::TestCgroup& cgroup) {
+    const std::string procs = cgroup.dir() + "/cgroup.procs";
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = open(procs.c_str(), O_WRONLY);
+      if (fd < 0 || write(fd, "0", 1) != 1) _exit(1);
+      close(fd);
+      for (;;) {
+        const auto end = std::chrono::steady_clock::now() + 1ms;
+        while (std::chrono::steady_clock::now() < end) {
+        }
+        const timespec nap{0, 5'000'000};
+        nanosleep(&nap, nullptr);
+      }
+    }
+  }
+  ~BusyInCgroup() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  BusyInCgroup(const BusyInCgroup&) = delete;
+  BusyInCgroup& operator=(const BusyInCgroup&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Who-labels from real-looking layouts: a systemd service, a containerd container of a
+// Kubernetes pod (systemd driver) and one of the cgroupfs driver, each with a process inside.
+TEST_F(DaemonE2eTest, SystemdAndKubepodsCgroupsGetUnitContainerPodAndQosLabels) {
+  const std::string uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+  std::string uid_underscores = uid;
+  std::replace(uid_underscores.begin(), uid_underscores.end(), '-', '_');
+  const std::string container = "4f3c2b1a" + std::string(56, 'e');
+  const std::string other_container = "9a8b7c6d" + std::string(56, 'd');
+  using test::TestCgroup;
+  TestCgroup top("e2e");
+  TestCgroup system_slice("system.slice", &top, true);
+  TestCgroup service("kpulse-e2e-web.service", &system_slice, true);
+  TestCgroup kubepods("kubepods.slice", &top, true);
+  TestCgroup burstable("kubepods-burstable.slice", &kubepods, true);
+  TestCgroup pod("kubepods-burstable-pod" + uid_underscores + ".slice", &burstable, true);
+  TestCgroup scope("cri-containerd-" + container + ".scope", &pod, true);
+  TestCgroup cgroupfs("kubepods", &top, true);
+  TestCgroup besteffort("besteffort", &cgroupfs, true);
+  TestCgroup fs_pod("pod" + uid, &besteffort, true);
+  TestCgroup fs_container(other_container, &fs_pod, true);
+  const uint16_t port = StartDaemon(kBaseConfig);
+  ASSERT_NE(port, 0);
+  BusyInCgroup in_service(service), in_scope(scope), in_fs_container(fs_container);
+
+  const std::vector<std::string> service_labels = {
+      "cgroup=\"" + service.path() + "\"", "unit=\"kpulse-e2e-web.service\"",
+      "container_id=\"\"", "pod_uid=\"\"", "qos=\"\""};
+  const std::vector<std::string> scope_labels = {
+      "cgroup=\"" + scope.path() + "\"", "unit=\"cri-containerd-" + container + ".scope\"",
+      "container_id=\"" + container + "\"", "pod_uid=\"" + uid + "\"", "qos=\"burstable\""};
+  const std::vector<std::string> fs_labels = {
+      "cgroup=\"" + fs_container.path() + "\"", "unit=\"\"",
+      "container_id=\"" + other_container + "\"", "pod_uid=\"" + uid + "\"",
+      "qos=\"besteffort\""};
+  std::string page;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    page = HttpGet("127.0.0.1", port, "/metrics");
+    if (SumSamples(page, "kpulse_offcpu_seconds_total", fs_labels) > 0 &&
+        SumSamples(page, "kpulse_offcpu_seconds_total", scope_labels) > 0 &&
+        SumSamples(page, "kpulse_offcpu_seconds_total", service_labels) > 0) {
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  for (const auto* labels : {&service_labels, &scope_labels, &fs_labels}) {
+    EXPECT_GT(SumSamples(page, "kpulse_offcpu_seconds_total", *labels), 0)
+        << ::testing::PrintToString(*labels) << "\n" << page;
+    EXPECT_GT(SumSamples(page, "kpulse_runqueue_latency_seconds_count", *labels), 0)
+        << ::testing::PrintToString(*labels);
+  }
+  std::ofstream(dir_.path() / "page.txt") << page;
+  const RunResult promtool =
+      RunCommand("promtool check metrics < " + (dir_.path() / "page.txt").string());
+  EXPECT_EQ(promtool.exit_code, 0) << promtool.output;
 }
 
 TEST_F(DaemonE2eTest, RealPrometheusScrapesTheTargetUp) {

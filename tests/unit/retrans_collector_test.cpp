@@ -141,7 +141,7 @@ TEST(RetransCollector, CgroupIdsBecomeLabelSetsAndRemovedOnesCountAsDeleted) {
       UnorderedElementsAre(
           Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=syn", 7),
           Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=data", 40)));
-  // Deleted = node total - what the series hold.
+  // Removed cgroups' entries, while still in the map, count as deleted.
   EXPECT_THAT(families["kpulse_deleted_cgroups_tcp_retransmits_total"],
               UnorderedElementsAre(Pair("kind=syn", 5), Pair("kind=synack", 0),
                                    Pair("kind=data", 0)));
