@@ -215,9 +215,9 @@ TEST_F(WebConfigTest, KeyOfAnotherCertificateIsAnError) {
 
 TEST_F(WebConfigTest, EncryptedKeyIsAnError) {
   const fs::path encrypted = pki_->dir() / "encrypted.key";
-  const test::CommandResult made = test::RunShell(
-      "openssl pkcs8 -topk8 -v2 aes256 -passout pass:secret -in " + pki_->server_key().string() +
-      " -out " + encrypted.string());
+  const test::CommandResult made =
+      test::RunShell("openssl pkcs8 -topk8 -v2 aes256 -passout pass:secret -in " +
+                     pki_->server_key().string() + " -out " + encrypted.string());
   ASSERT_EQ(made.exit_code, 0) << made.output;
   EXPECT_EQ(ErrorOf("tls_server_config:\n  cert_file: " + pki_->server_cert().string() +
                     "\n  key_file: " + encrypted.string() + "\n"),
