@@ -6,11 +6,12 @@
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 
-# Debian 12 packages: build, then run-time/test tools (nft, ip, promtool and Prometheus).
+# Debian 12 packages: build, then run-time/test tools (nft, ip, promtool and Prometheus; curl and
+# openssl for the TLS tests, which make their certificates at test time).
 BUILD_DEPS := cmake make g++ clang llvm pkg-config bpftool libbpf-dev libelf-dev zlib1g-dev \
               prometheus-cpp-dev libspdlog-dev libyaml-cpp-dev libsystemd-dev libmicrohttpd-dev \
-              libexpected-dev libgtest-dev libgmock-dev
-TEST_DEPS := nftables iproute2 procps prometheus systemd
+              libexpected-dev libgtest-dev libgmock-dev libgnutls28-dev libcrypt-dev
+TEST_DEPS := nftables iproute2 procps prometheus systemd curl openssl
 
 .PHONY: deps build run test bench clean
 

@@ -7,8 +7,10 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <string_view>
 
 #include "config/config.h"
+#include "http/web_config.h"
 #include "service/daemon.h"
 #include "util/memory.h"
 #include "version.h"
@@ -18,12 +20,16 @@ namespace {
 constexpr const char* kDefaultConfig = "/etc/kpulse/kpulse.yaml";
 constexpr int kExitRuntimeError = 1;
 constexpr int kExitUsageOrConfig = 2;
+constexpr std::string_view kWebConfigFlag = "--web.config.file";
 
 void PrintUsage(std::FILE* out) {
   std::fprintf(out,
                "usage: kpulse [--config FILE]    run the daemon (default %s)\n"
                "       kpulse --check-config FILE validate FILE and exit\n"
-               "       kpulse --version\n",
+               "       kpulse --version\n"
+               "options:\n"
+               "  --web.config.file FILE  TLS and basic auth (exporter-toolkit web-config.yml);\n"
+               "                          validated with --check-config too\n",
                kDefaultConfig);
 }
 
@@ -33,6 +39,7 @@ int main(int argc, char** argv) {
   kpulse::ReturnLargeBuffersToTheSystem();
   std::string config_path = kDefaultConfig;
   bool check_only = false;
+  std::string web_config_path;  // Empty: plain HTTP, no authentication.
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--version") {
@@ -48,6 +55,16 @@ int main(int argc, char** argv) {
       config_path = argv[++i];
       continue;
     }
+    // Both spellings node_exporter accepts: "--web.config.file FILE" and "--web.config.file=FILE".
+    if (arg == kWebConfigFlag && i + 1 < argc) {
+      web_config_path = argv[++i];
+      continue;
+    }
+    if (arg.size() > kWebConfigFlag.size() + 1 &&
+        arg.rfind(std::string(kWebConfigFlag) + "=", 0) == 0) {
+      web_config_path = arg.substr(kWebConfigFlag.size() + 1);
+      continue;
+    }
     std::fprintf(stderr, "kpulse: unknown or incomplete argument '%s'\n", arg.c_str());
     PrintUsage(stderr);
     return kExitUsageOrConfig;
@@ -60,8 +77,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kpulse: %s\n", e.what());
     return kExitUsageOrConfig;
   }
+  kpulse::WebConfig web_config;
+  if (!web_config_path.empty()) {
+    try {
+      web_config = kpulse::LoadWebConfigFile(web_config_path);
+    } catch (const kpulse::WebConfigError& e) {
+      std::fprintf(stderr, "kpulse: %s\n", e.what());
+      return kExitUsageOrConfig;
+    }
+  }
   if (check_only) {
     std::printf("%s: OK\n", config_path.c_str());
+    if (!web_config_path.empty()) std::printf("%s: OK\n", web_config_path.c_str());
     return 0;
   }
 
@@ -69,7 +96,7 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(logger);
   spdlog::set_level(config.log_level);
   try {
-    return kpulse::RunDaemon(config);
+    return kpulse::RunDaemon(config, web_config);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return kExitRuntimeError;

@@ -1,6 +1,8 @@
 #include "http/http_server.h"
 
 #include <arpa/inet.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
@@ -17,16 +19,33 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <utility>
 
+#include "http/basic_auth.h"
+
 namespace kpulse {
+
+using Routes = std::map<std::string, HttpHandler>;
+
+namespace detail {
+
+// Everything request handling reads; fixed once Start() runs.
+struct HttpServerState {
+  Routes routes;
+  bool tls = false;
+  ClientAuth client_auth = ClientAuth::kNoClientCert;
+  BasicAuthUsers users;
+};
+
+}  // namespace detail
 
 namespace {
 
-using Routes = std::map<std::string, HttpHandler>;
+using detail::HttpServerState;
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 // Bodies up to this size are sent as they are: compressing them saves little.
@@ -127,6 +146,7 @@ bool IsAboutOneClient(std::string_view message) {
       "Error processing request",
       "`Host' header",
       "`Content-Length' header",
+      "handshake",  // TLS: plain HTTP to the TLS port, a certificate refused, a scanner
   };
   return std::any_of(std::begin(kClientPhrases), std::end(kClientPhrases),
                      [message](std::string_view phrase) {
@@ -209,6 +229,87 @@ MHD_Result Send(MHD_Connection* connection, const HttpResponse& response, const 
   return result;
 }
 
+gnutls_session_t TlsSession(MHD_Connection* connection) {
+  const MHD_ConnectionInfo* info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  return info == nullptr ? nullptr : static_cast<gnutls_session_t>(info->tls_session);
+}
+
+// Whether the client certificate of `session` satisfies `client_auth`: present when required,
+// and when verified (VerifyClientCertIfGiven, RequireAndVerifyClientCert) signed by a trusted CA
+// (client_ca_file), within its validity, and for client authentication (extended key usage
+// clientAuth, or none: the check Go's crypto/tls makes).
+bool ClientCertificateAccepted(gnutls_session_t session, ClientAuth client_auth) {
+  if (client_auth == ClientAuth::kNoClientCert || client_auth == ClientAuth::kRequestClientCert) {
+    return true;
+  }
+  if (session == nullptr) return false;
+  unsigned count = 0;
+  const bool sent = gnutls_certificate_get_peers(session, &count) != nullptr && count > 0;
+  if (client_auth == ClientAuth::kRequireAnyClientCert) return sent;
+  if (!sent) return client_auth == ClientAuth::kVerifyClientCertIfGiven;
+  gnutls_typed_vdata_st purpose{};
+  purpose.type = GNUTLS_DT_KEY_PURPOSE_OID;
+  purpose.data = reinterpret_cast<unsigned char*>(const_cast<char*>(GNUTLS_KP_TLS_WWW_CLIENT));
+  unsigned status = 0;
+  return gnutls_certificate_verify_peers(session, &purpose, 1, &status) == GNUTLS_E_SUCCESS &&
+         status == 0;
+}
+
+// GnuTLS verify callbacks, run during the handshake once the client's certificate is in: a
+// non-zero return fails the handshake (as Go's crypto/tls does), so nothing is served.
+int VerifyClientCertIfGiven(gnutls_session_t session) {
+  return ClientCertificateAccepted(session, ClientAuth::kVerifyClientCertIfGiven) ? 0 : -1;
+}
+int VerifyRequiredClientCert(gnutls_session_t session) {
+  return ClientCertificateAccepted(session, ClientAuth::kRequireAndVerifyClientCert) ? 0 : -1;
+}
+
+// libmicrohttpd's connection notification: before the TLS handshake of a new connection, tell
+// GnuTLS whether to ask for a client certificate, to require one, and how to verify it. A
+// certificate that is required but missing, or that does not verify, then fails the handshake.
+void OnConnectionStarted(void* cls, MHD_Connection* connection, void** /*socket_context*/,
+                         MHD_ConnectionNotificationCode code) {
+  if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
+  const auto* state = static_cast<const HttpServerState*>(cls);
+  gnutls_session_t session = TlsSession(connection);
+  if (session == nullptr) return;  // Checked again (and refused) per request.
+  switch (state->client_auth) {
+    case ClientAuth::kNoClientCert:
+      gnutls_certificate_server_set_request(session, GNUTLS_CERT_IGNORE);
+      break;
+    case ClientAuth::kRequestClientCert:
+      gnutls_certificate_server_set_request(session, GNUTLS_CERT_REQUEST);
+      break;
+    case ClientAuth::kRequireAnyClientCert:
+      gnutls_certificate_server_set_request(session, GNUTLS_CERT_REQUIRE);
+      break;
+    case ClientAuth::kVerifyClientCertIfGiven:
+      gnutls_certificate_server_set_request(session, GNUTLS_CERT_REQUEST);
+      gnutls_session_set_verify_function(session, &VerifyClientCertIfGiven);
+      break;
+    case ClientAuth::kRequireAndVerifyClientCert:
+      gnutls_certificate_server_set_request(session, GNUTLS_CERT_REQUIRE);
+      gnutls_session_set_verify_function(session, &VerifyRequiredClientCert);
+      break;
+  }
+}
+
+// Basic auth (RFC 7617) against the configured users; true when none are configured.
+bool Authenticated(MHD_Connection* connection, const BasicAuthUsers& users) {
+  if (users.empty()) return true;
+  char* password = nullptr;
+  char* user = MHD_basic_auth_get_username_password(connection, &password);
+  bool ok = false;
+  if (user != nullptr && password != nullptr) ok = users.Check(user, password);
+  if (password != nullptr) {
+    explicit_bzero(password, std::strlen(password));
+    MHD_free(password);
+  }
+  if (user != nullptr) MHD_free(user);
+  return ok;
+}
+
 // libmicrohttpd's access handler. It answers on the first call, once the headers are in: no
 // route takes a request body, and libmicrohttpd closes the connection after the reply if the
 // client sent one. Nothing may throw out of here into C code.
@@ -230,8 +331,21 @@ MHD_Result HandleRequest(void* cls, MHD_Connection* connection, const char* url,
         MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT_ENCODING);
     request.accepts_gzip = accept_encoding != nullptr && AcceptsGzip(accept_encoding);
 
+    const auto& state = *static_cast<const HttpServerState*>(cls);
     Headers headers;
-    HttpResponse response = Dispatch(*static_cast<const Routes*>(cls), request, headers);
+    HttpResponse response;
+    // Authentication comes before routing, so that nothing (not even which paths exist) is
+    // told to a client that is not allowed in.
+    // The handshake enforced the client certificate policy already (OnConnectionStarted);
+    // checking again means no request is served on a connection where that did not happen.
+    if (state.tls && !ClientCertificateAccepted(TlsSession(connection), state.client_auth)) {
+      response = PlainResponse(403, "client certificate required\n");
+    } else if (!Authenticated(connection, state.users)) {
+      response = PlainResponse(401, "unauthorized\n");
+      headers.emplace_back(MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"kpulse\"");
+    } else {
+      response = Dispatch(state.routes, request, headers);
+    }
     CompressIfWorthIt(request, response, headers);
     return Send(connection, response, headers);
   } catch (const std::exception& e) {
@@ -277,20 +391,58 @@ uint16_t LocalPort(int fd) {
   return ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port);
 }
 
+// The GnuTLS priority string for the lowest accepted version (the rest is GnuTLS's NORMAL set).
+const char* TlsPriorities(TlsVersion min_version) {
+  return min_version == TlsVersion::kTls13 ? "NORMAL:-VERS-ALL:+VERS-TLS1.3"
+                                           : "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+}
+
+// libmicrohttpd options for TLS (none without it), ending in MHD_OPTION_END. The strings stay
+// owned by `tls`, which must outlive MHD_start_daemon.
+std::vector<MHD_OptionItem> TlsOptions(const std::optional<TlsServerConfig>& tls,
+                                       HttpServerState* state) {
+  std::vector<MHD_OptionItem> items;
+  const auto add = [&items](MHD_OPTION option, intptr_t value, const void* pointer) {
+    items.push_back(MHD_OptionItem{option, value, const_cast<void*>(pointer)});
+  };
+  if (tls) {
+    add(MHD_OPTION_HTTPS_MEM_CERT, 0, tls->cert_pem.c_str());
+    add(MHD_OPTION_HTTPS_MEM_KEY, 0, tls->key_pem.c_str());
+    add(MHD_OPTION_HTTPS_PRIORITIES, 0, TlsPriorities(tls->min_version));
+    if (!tls->client_ca_pem.empty()) {
+      add(MHD_OPTION_HTTPS_MEM_TRUST, 0, tls->client_ca_pem.c_str());
+    }
+    add(MHD_OPTION_NOTIFY_CONNECTION, reinterpret_cast<intptr_t>(&OnConnectionStarted), state);
+  }
+  add(MHD_OPTION_END, 0, nullptr);
+  return items;
+}
+
 }  // namespace
 
-HttpServer::HttpServer(Options options) : options_(std::move(options)) {}
+HttpServer::HttpServer(Options options)
+    : options_(std::move(options)), state_(std::make_unique<HttpServerState>()) {
+  state_->tls = options_.web.tls.has_value();
+  if (state_->tls) state_->client_auth = options_.web.tls->client_auth;
+  state_->users = BasicAuthUsers(options_.web.basic_auth_users);
+}
 
 HttpServer::~HttpServer() { Stop(); }
 
 void HttpServer::Route(std::string path, HttpHandler handler) {
   if (started_) throw std::logic_error("HttpServer::Route called after Start");
-  routes_.insert_or_assign(std::move(path), std::move(handler));
+  state_->routes.insert_or_assign(std::move(path), std::move(handler));
 }
 
 void HttpServer::Start() {
   if (started_) throw std::logic_error("HttpServer::Start called twice");
   started_ = true;
+  const std::optional<TlsServerConfig>& tls = options_.web.tls;
+  if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+    throw std::runtime_error("TLS is configured in " + options_.web.source +
+                             " but this libmicrohttpd was built without TLS support");
+  }
+  std::vector<MHD_OptionItem> tls_options = TlsOptions(tls, state_.get());
   for (const ListenAddress& address : options_.listen) {
     int fd = -1;
     try {
@@ -307,18 +459,20 @@ void HttpServer::Start() {
     // every connection of a thread behind one slow handler: HttpServer.SlowHandlersDoNot...)
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    if (tls) flags |= MHD_USE_TLS;
     if (address.family() == AF_INET6) {
       flags |= address.dual_stack ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
     }
     auto* logger = &LogFromMicrohttpd;
     // clang-format off
     MHD_Daemon* daemon = MHD_start_daemon(
-        flags, 0, nullptr, nullptr, &HandleRequest, &routes_,
+        flags, 0, nullptr, nullptr, &HandleRequest, state_.get(),
         // First, so that every message from option parsing goes through it too.
         MHD_OPTION_EXTERNAL_LOGGER, logger, nullptr,
         MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_CONNECTION_TIMEOUT, options_.connection_timeout_seconds,
         MHD_OPTION_CONNECTION_LIMIT, std::max(options_.max_connections, 1u),
+        MHD_OPTION_ARRAY, tls_options.data(),
         MHD_OPTION_END);
     // clang-format on
     if (daemon == nullptr) {
@@ -330,6 +484,17 @@ void HttpServer::Start() {
     }
     daemons_.push_back(daemon);  // The daemon now owns `fd` and closes it when stopped.
     ports_.push_back(port);
+  }
+  if (tls || !state_->users.empty()) {
+    spdlog::info(
+        "HTTP: {}; {} ({})",
+        tls ? "TLS only, from " + std::string(ToString(tls->min_version)) +
+                  ", client certificates: " + std::string(ToString(tls->client_auth))
+            : std::string("plain HTTP (no TLS)"),
+        state_->users.empty()
+            ? std::string("no basic auth")
+            : "basic auth for " + std::to_string(options_.web.basic_auth_users.size()) + " user(s)",
+        options_.web.source);
   }
 }
 

@@ -3,14 +3,20 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "http/listen_address.h"
+#include "http/web_config.h"
 
 struct MHD_Daemon;
 
 namespace kpulse {
+
+namespace detail {
+struct HttpServerState;
+}  // namespace detail
 
 /// One HTTP request as a handler sees it. `path` is the decoded path without the query string;
 /// `query` holds the decoded query parameters (the first value wins when a name repeats, a name
@@ -38,6 +44,15 @@ using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 /// half-open or slow clients and slow handlers hold up only their own connection: a scrape is
 /// answered while they wait (until `connection_timeout_seconds` closes idle ones).
 ///
+/// With a web config (Options::web, from `--web.config.file`), every listen address serves HTTPS
+/// only (libmicrohttpd's GnuTLS support): a plain HTTP request to it fails the TLS handshake and
+/// is not answered. Client certificates are asked for, required and verified as
+/// `client_auth_type` says, during the handshake; each request checks the result again and
+/// answers 403 if a certificate that is required (or sent, with VerifyClientCertIfGiven) did not
+/// verify. With `basic_auth_users`, every path (also unknown ones) needs a valid user and password:
+/// otherwise 401 with `WWW-Authenticate: Basic realm="kpulse"` (BasicAuthUsers: one bcrypt per
+/// request, unknown users included).
+///
 /// Only GET and HEAD are served (other methods get 405 with `Allow: GET, HEAD`); an unknown
 /// path gets 404. A body over 1 KiB is gzip-compressed when the client accepts gzip.
 ///
@@ -54,6 +69,7 @@ class HttpServer {
     std::vector<ListenAddress> listen;
     unsigned connection_timeout_seconds = 10;  // Idle time after which a connection is closed.
     unsigned max_connections = 64;             // Per listen address; extra ones are closed.
+    WebConfig web;  // TLS and basic auth; the default is plain HTTP without authentication.
   };
 
   explicit HttpServer(Options options);
@@ -81,7 +97,8 @@ class HttpServer {
   void Stop();
 
   Options options_;
-  std::map<std::string, HttpHandler> routes_;
+  // What request handling reads (routes, the authentication policy); defined in the .cpp.
+  std::unique_ptr<detail::HttpServerState> state_;
   std::vector<MHD_Daemon*> daemons_;
   std::vector<uint16_t> ports_;
   bool started_ = false;

@@ -145,7 +145,7 @@ SeriesPolicy MakeSeriesPolicy(const SeriesConfig& config) {
 
 }  // namespace
 
-int RunDaemon(const Config& config) {
+int RunDaemon(const Config& config, const WebConfig& web) {
   SignalFd signals;
   SystemdNotifier systemd;
   RouteLibbpfLogToSpdlog();
@@ -197,6 +197,7 @@ int RunDaemon(const Config& config) {
   options.listen = config.http.listen_addresses;
   options.connection_timeout_seconds = config.http.connection_timeout_seconds;
   options.max_connections = config.http.max_connections;
+  options.web = web;
   HttpServer server(std::move(options));
   server.Route("/metrics",
                [&metrics](const HttpRequest& request) { return metrics.Render(request); });
