@@ -19,6 +19,10 @@ std::vector<prometheus::MetricFamily> BpfProgramCollector::Collect() const {
                             "Time spent in a kpulse BPF program (counted only while BPF stats "
                             "are on: bpf_stats: true or kernel.bpf_stats_enabled=1).",
                             MetricType::Counter);
+  auto misses = MakeFamily("kpulse_bpf_program_recursion_misses_total",
+                           "Events a kpulse BPF program did not see because it was already running "
+                           "on that CPU (a preempted run; counted whether or not stats are on).",
+                           MetricType::Counter);
   for (const bpf_object* object : objects_) {
     bpf_program* program = nullptr;
     bpf_object__for_each_program(program, object) {
@@ -30,9 +34,10 @@ std::vector<prometheus::MetricFamily> BpfProgramCollector::Collect() const {
       const std::string name = bpf_program__name(program);
       AddSample(runs, {{"program", name}}, static_cast<double>(info.run_cnt));
       AddSample(seconds, {{"program", name}}, static_cast<double>(info.run_time_ns) / 1e9);
+      AddSample(misses, {{"program", name}}, static_cast<double>(info.recursion_misses));
     }
   }
-  return {std::move(runs), std::move(seconds)};
+  return {std::move(runs), std::move(seconds), std::move(misses)};
 }
 
 }  // namespace kpulse

@@ -21,12 +21,14 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <thread>
 
 #include "bpf/retrans_probe.h"
 #include "bpf/sched_probe.h"
 #include "cgroup/cgroup_labeler.h"
 #include "cgroup/cgroup_resolver.h"
+#include "collect/bpf_program_collector.h"
 #include "collect/offcpu_collector.h"
 #include "collect/retrans_collector.h"
 #include "collect/runqueue_collector.h"
@@ -155,6 +157,10 @@ struct Totals {
   uint64_t offcpu_ns = 0;
   uint64_t syn = 0;
   uint64_t syn_failures = 0;  // node-wide: attempts the kernel counted but reported failed
+  uint64_t node_syn = 0;      // node-wide kpulse_tcp_retransmits_total{kind="syn"}
+  uint64_t node_other_kinds = 0;  // ... {kind!="syn"}
+  uint64_t retrans_misses = 0;  // runs of the retransmit programs lost to recursion (preemption)
+  uint64_t any_cgroup_syn = 0;  // every cgroup series and the deleted totals
   bool other_seen = false;  // a cgroup series "<other>" with anything in it
 };
 
@@ -170,6 +176,30 @@ void AddTotals(const std::vector<prometheus::MetricFamily>& families,
                Totals& totals) {
   for (const auto& family : families) {
     const bool deleted = family.name.starts_with("kpulse_deleted_cgroups_");
+    if (family.name == "kpulse_bpf_program_recursion_misses_total") {
+      for (const auto& metric : family.metric) {
+        if (metric.label.at(0).value.starts_with("retransmit_")) {
+          totals.retrans_misses += static_cast<uint64_t>(metric.counter.value);
+        }
+      }
+    }
+    if (family.name == "kpulse_tcp_retransmits_total") {
+      for (const auto& metric : family.metric) {
+        if (metric.label.at(0).value == "syn") {
+          totals.node_syn += static_cast<uint64_t>(metric.counter.value);
+        } else {
+          totals.node_other_kinds += static_cast<uint64_t>(metric.counter.value);
+        }
+      }
+    }
+    if (family.name == "kpulse_tcp_cgroup_retransmits_total" ||
+        family.name == "kpulse_deleted_cgroups_tcp_retransmits_total") {
+      for (const auto& metric : family.metric) {
+        if (metric.label.back().value == "syn") {
+          totals.any_cgroup_syn += static_cast<uint64_t>(metric.counter.value);
+        }
+      }
+    }
     if (family.name == "kpulse_tcp_retransmit_failures_total") {
       for (const auto& metric : family.metric) {
         if (metric.label.at(0).value == "syn") {
@@ -250,9 +280,10 @@ class ChurnTest : public ::testing::TestWithParam<SchedHook> {
   // One scrape of the three collectors.
   std::vector<prometheus::MetricFamily> Scrape() const {
     std::vector<prometheus::MetricFamily> all;
+    const BpfProgramCollector programs({retrans_->object()});
     for (const prometheus::Collectable* collector :
-         std::initializer_list<const prometheus::Collectable*>{runq_.get(), offcpu_.get(),
-                                                               retrans_collector_.get()}) {
+         std::initializer_list<const prometheus::Collectable*>{
+             runq_.get(), offcpu_.get(), retrans_collector_.get(), &programs}) {
       for (auto& family : collector->Collect()) all.push_back(std::move(family));
     }
     return all;
@@ -350,7 +381,23 @@ TEST_P(ChurnTest, FiveThousandCgroupsThroughOneThousandSlotsStayExact) {
     }
     batch_truth.syn = test::ReadTcpCounters(&ns).syn_retrans - tcp_before.syn_retrans;
     Totals after;
-    AddTotals(Scrape(), in_test, true, after);
+    const auto scraped = Scrape();
+    AddTotals(scraped, in_test, true, after);
+    {  // Which workers' cgroups have no series of their own (diagnosis for a failure below).
+      std::set<std::string> seen;
+      for (const auto& family : scraped) {
+        if (family.name != "kpulse_offcpu_seconds_total") continue;
+        for (const auto& metric : family.metric) seen.insert(metric.label.at(0).value);
+      }
+      for (const auto& cgroup : cgroups) {
+        if (seen.contains(cgroup->path())) continue;
+        const auto labels = labeler_->LabelsOf(cgroup->id());
+        const auto path = resolver_->PathOf(cgroup->id());
+        std::printf("no off-CPU series for %s (id %llu): labeler %s, resolver %s\n",
+                    cgroup->path().c_str(), (unsigned long long)cgroup->id(),
+                    labels ? labels->cgroup.c_str() : "(gone)", path ? path->c_str() : "(none)");
+      }
+    }
     EXPECT_FALSE(after.other_seen) << "batch " << batch << ": a live cgroup fell into <other>";
 
     const Totals delta{after.runq_count - before.runq_count,
@@ -369,7 +416,10 @@ TEST_P(ChurnTest, FiveThousandCgroupsThroughOneThousandSlotsStayExact) {
     // timer tick can overflow loopback's backlog): kpulse counts those apart, node-wide
     // (docs/metrics.md).
     EXPECT_EQ(delta.syn + delta.syn_failures, batch_truth.syn)
-        << delta.syn_failures << " failed attempts";
+        << delta.syn_failures << " failed attempts; node " << after.node_syn - before.node_syn
+        << ", all cgroups " << after.any_cgroup_syn - before.any_cgroup_syn << ", misses "
+        << after.retrans_misses - before.retrans_misses << ", other kinds "
+        << after.node_other_kinds - before.node_other_kinds;
     const auto near = [](uint64_t value, uint64_t truth_value) {
       return std::abs(static_cast<double>(value) - static_cast<double>(truth_value)) <=
              0.03 * static_cast<double>(truth_value);

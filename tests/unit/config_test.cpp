@@ -64,6 +64,12 @@ void ExpectSameSettings(const Config& actual, const Config& expected) {
   EXPECT_EQ(ar.max_tasks, er.max_tasks);
   EXPECT_EQ(ar.per_cpu, er.per_cpu);
   EXPECT_EQ(actual.bpf_stats, expected.bpf_stats);
+  EXPECT_EQ(actual.cgroups.depth, expected.cgroups.depth);
+  EXPECT_EQ(actual.cgroups.allow, expected.cgroups.allow);
+  EXPECT_EQ(actual.cgroups.deny, expected.cgroups.deny);
+  EXPECT_EQ(actual.cgroups.sweep_interval_seconds, expected.cgroups.sweep_interval_seconds);
+  EXPECT_EQ(actual.series.max_series_per_family, expected.series.max_series_per_family);
+  EXPECT_EQ(actual.series.idle_ttl_seconds, expected.series.idle_ttl_seconds);
   const OffcpuConfig& ao = actual.offcpu;
   const OffcpuConfig& eo = expected.offcpu;
   EXPECT_EQ(ao.enabled, eo.enabled);
@@ -151,6 +157,49 @@ TEST(ConfigDefaults, ShippedConfigFileEqualsDefaults) {
   ExpectSameSettings(config, DefaultConfig());
   EXPECT_EQ(config.source, path);
 #endif
+}
+
+// Export-side cgroup and series settings.
+
+TEST(ConfigParse, CgroupsAndSeriesFields) {
+  const Config config = ParseConfig(
+      "cgroups:\n"
+      "  depth: 3\n"
+      "  allow: [\"/kubepods\\\\.slice/.*\"]\n"
+      "  deny: [\"/user\\\\.slice/.*\", \"/init\\\\.scope\"]\n"
+      "  sweep_interval_seconds: 30\n"
+      "series:\n"
+      "  max_series_per_family: 20000\n"
+      "  idle_ttl_seconds: 0\n",
+      kSource);
+  EXPECT_EQ(config.cgroups.depth, 3u);
+  EXPECT_EQ(config.cgroups.allow, std::vector<std::string>{"/kubepods\\.slice/.*"});
+  EXPECT_EQ(config.cgroups.deny,
+            (std::vector<std::string>{"/user\\.slice/.*", "/init\\.scope"}));
+  EXPECT_EQ(config.cgroups.sweep_interval_seconds, 30u);
+  EXPECT_EQ(config.series.max_series_per_family, 20000u);
+  EXPECT_EQ(config.series.idle_ttl_seconds, 0u);
+}
+
+TEST(ConfigErrors, InvalidCgroupRegexNamesTheEntry) {
+  EXPECT_THAT(ErrorOf("cgroups:\n  deny: [\"/ok\", \"(\"]\n"),
+              StartsWith("test.yaml:2:17: cgroups.deny[1]: invalid regex \"(\": "));
+}
+
+TEST(ConfigErrors, CgroupRegexesMustBeASequenceOfStrings) {
+  EXPECT_EQ(ErrorOf("cgroups:\n  allow: /a\n"),
+            "test.yaml:2:10: cgroups.allow: must be a sequence of regexes, got /a");
+  EXPECT_EQ(ErrorOf("cgroups:\n  allow: [[1]]\n"),
+            "test.yaml:2:11: cgroups.allow[0]: must be a regex string, got a sequence");
+}
+
+TEST(ConfigErrors, SeriesCapAndSweepIntervalRanges) {
+  EXPECT_EQ(ErrorOf("series:\n  max_series_per_family: 15\n"),
+            "test.yaml:2:26: series.max_series_per_family: must be an integer from 16 to "
+            "10000000, got 15");
+  EXPECT_EQ(ErrorOf("cgroups:\n  sweep_interval_seconds: 0\n"),
+            "test.yaml:2:27: cgroups.sweep_interval_seconds: must be an integer from 1 to 3600, "
+            "got 0");
 }
 
 // Run-queue latency probe and bpf_stats.
