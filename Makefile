@@ -24,7 +24,7 @@ deps:
 	fi
 
 build: deps
-	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKPULSE_WERROR=ON
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 run: build
