@@ -2,6 +2,7 @@
 #   make run    install what is missing, build, run kpulse in the foreground (config/kpulse.yaml)
 #   make test   install what is missing, build, run every test (unit, bpf, e2e)
 #   make bench  (see docs/benchmarks.md)
+#   make deb    a Debian package built the way a packager would (Debian's flags, no -Werror)
 
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
@@ -11,9 +12,13 @@ JOBS ?= $(shell nproc)
 BUILD_DEPS := cmake make g++ clang llvm pkg-config bpftool libbpf-dev libelf-dev zlib1g-dev \
               prometheus-cpp-dev libspdlog-dev libyaml-cpp-dev libsystemd-dev libmicrohttpd-dev \
               libexpected-dev libgtest-dev libgmock-dev libgnutls28-dev libcrypt-dev
-TEST_DEPS := nftables iproute2 procps prometheus systemd curl openssl
+# The package test (tests/packaging) also needs dpkg-dev (dpkg-shlibdeps), file (CPack's shlibdeps),
+# lintian, adduser, init-system-helpers (deb-systemd-helper), libcap2-bin (capsh) and curl; the
+# TLS tests curl and openssl.
+TEST_DEPS := nftables iproute2 procps prometheus systemd dpkg-dev file lintian adduser \
+             init-system-helpers libcap2-bin curl util-linux openssl
 
-.PHONY: deps build run test bench clean
+.PHONY: deps build run test bench deb clean
 
 deps:
 	@missing=""; for p in $(BUILD_DEPS) $(TEST_DEPS); do \
@@ -25,7 +30,7 @@ deps:
 	fi
 
 build: deps
-	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKPULSE_WERROR=ON
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 run: build
@@ -39,5 +44,16 @@ bench: build
 	$(BUILD_DIR)/tests/kpulse_cgroup_spread_bench 3 1 1000
 	$(BUILD_DIR)/tests/kpulse_scrape_bench 21 idle 60
 
+# Debian's build flags (hardening=+all: fortify, stack protector, relro, bindnow, format-security),
+# CPPFLAGS folded into C/CXXFLAGS as debhelper does for CMake; no tests, no -Werror.
+DEB_BUILD_DIR ?= build-deb
+deb: deps
+	eval "$$(DEB_BUILD_MAINT_OPTIONS=hardening=+all dpkg-buildflags --export=sh)"; \
+	  export CFLAGS="$$CFLAGS $$CPPFLAGS" CXXFLAGS="$$CXXFLAGS $$CPPFLAGS"; \
+	  cmake -S . -B $(DEB_BUILD_DIR) -DCMAKE_BUILD_TYPE=None -DKPULSE_BUILD_TESTS=OFF -DKPULSE_WERROR=OFF
+	cmake --build $(DEB_BUILD_DIR) -j $(JOBS)
+	cd $(DEB_BUILD_DIR) && cpack -G DEB
+	lintian $(DEB_BUILD_DIR)/package/kpulse_*.deb
+
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(DEB_BUILD_DIR)
