@@ -31,12 +31,14 @@ std::string FormatAddress(int family, const uint8_t* addr) {
   char text[INET6_ADDRSTRLEN] = {};
   if (family == kAfInet) {
     // glibc's inet_ntop formats IPv4 with sprintf (2 of the 13 ms of collecting 10k flows).
-    char* end = text;
+    std::string out;
+    out.reserve(15);
     for (int i = 0; i < 4; ++i) {
-      if (i > 0) *end++ = '.';
-      end = std::to_chars(end, text + sizeof(text), addr[i]).ptr;
+      char octet[3];
+      if (i > 0) out.push_back('.');
+      out.append(octet, std::to_chars(octet, octet + sizeof(octet), addr[i]).ptr);
     }
-    return std::string(text, end);
+    return out;
   }
   inet_ntop(family, addr, text, sizeof(text));
   return text;

@@ -69,13 +69,19 @@ FoldedStacks FoldOffcpuStacks(
   for (const OffcpuStack& stack : stacks) {
     std::string line = FrameText(process_name(stack.key.tgid));
     const std::vector<std::string> user = resolve_user(stack.key.tgid, stack.user_frames);
-    for (auto it = user.rbegin(); it != user.rend(); ++it) line += ";" + FrameText(*it);
+    for (auto it = user.rbegin(); it != user.rend(); ++it) {
+      line += ';';
+      line += FrameText(*it);
+    }
     std::vector<std::string> kernel = resolve_kernel(stack.kernel_frames);
     // Innermost first: drop the frames of the probe itself.
     auto own = kernel.begin();
     while (own != kernel.end() && IsProbeFrame(*own)) ++own;
     kernel.erase(kernel.begin(), own);
-    for (auto it = kernel.rbegin(); it != kernel.rend(); ++it) line += ";" + FrameText(*it);
+    for (auto it = kernel.rbegin(); it != kernel.rend(); ++it) {
+      line += ';';
+      line += FrameText(*it);
+    }
     folded[line] += stack.value.blocked_ns / 1000;
   }
   return folded;

@@ -27,19 +27,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "bpf/sched_probe.h"
 #include "cgroup/cgroup_resolver.h"
 
 namespace {
 
+using kpulse::bench::Median;
+using kpulse::bench::PinToCpu;
 using namespace std::chrono_literals;
-
-void PinToCpu(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof(set), &set);
-}
 
 // 2 x `pairs` processes ping-ponging through pipes on one CPU; each driver adds its round trips
 // to a shared counter.
@@ -141,11 +137,6 @@ Cost SwitchProgramCost(const bpf_object* object) {
     }
   }
   return cost;
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
 }
 
 }  // namespace

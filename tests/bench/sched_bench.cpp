@@ -23,19 +23,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "bpf/sched_probe.h"
 #include "collect/bpf_program_collector.h"
 
 namespace {
 
+using kpulse::bench::Median;
+using kpulse::bench::PinToCpu;
 using namespace std::chrono_literals;
-
-void PinToCpu(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof(set), &set);
-}
 
 // Round trips per second of a pipe ping-pong between two processes on one CPU.
 double PingPong(int cpu, double seconds) {
@@ -72,11 +68,6 @@ double PingPong(int cpu, double seconds) {
   waitpid(echo, nullptr, 0);
   for (int fd : {ping[0], ping[1], pong[0], pong[1], result[0], result[1]}) close(fd);
   return rate;
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
 }
 
 struct ProgramCost {
