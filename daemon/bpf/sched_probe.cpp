@@ -232,14 +232,6 @@ tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> SchedProbe
   return owned;
 }
 
-tl::expected<uint32_t, std::string> SchedProbe::FreeSlotCount() const {
-  // A stack map cannot be read without popping: count what is neither owned nor retiring.
-  std::lock_guard lock(mu_);
-  auto owned = OwnedSlots();
-  if (!owned) return tl::unexpected(owned.error());
-  return skeleton_->rodata->max_slots - static_cast<uint32_t>(owned->size() + retiring_.size());
-}
-
 tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> SchedProbe::CountingSlots()
     const {
   auto slots = OwnedSlots();

@@ -171,8 +171,6 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   tl::expected<uint32_t, std::string> SweepStacks(const std::function<bool(uint64_t)>& gone);
   /// cgroup id -> slot of every cgroup that owns one (for tests and the sweep).
   tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> OwnedSlots() const;
-  /// Slots on the free stack (for tests).
-  tl::expected<uint32_t, std::string> FreeSlotCount() const;
   /// Thread ids in the wakeup hook's start maps (empty with sched_info): for leak checks.
   tl::expected<std::vector<uint32_t>, std::string> StartMapTids() const;
   tl::expected<std::vector<uint32_t>, std::string> OffcpuStartMapTids() const;
