@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -17,6 +16,8 @@
 #include <sstream>
 #include <system_error>
 #include <utility>
+
+#include "config/yaml_text.h"
 
 namespace kpulse {
 
@@ -441,86 +442,6 @@ class Parser {
   std::string source_;
 };
 
-// Records where each document starts and what its root is, without building nodes.
-class DocumentScanner final : public YAML::EventHandler {
- public:
-  struct Document {
-    YAML::Mark start;
-    YAML::Mark root;
-    bool empty = true;
-  };
-
-  const Document& last() const { return last_; }
-
-  void OnDocumentStart(const YAML::Mark& mark) override {
-    last_ = Document{mark, mark, true};
-    at_root_ = true;
-  }
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { Root(mark, true); }
-  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { Root(mark, false); }
-  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                const std::string&) override {
-    Root(mark, false);
-  }
-  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                       YAML::EmitterStyle::value) override {
-    Root(mark, false);
-  }
-  void OnSequenceEnd() override {}
-  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                  YAML::EmitterStyle::value) override {
-    Root(mark, false);
-  }
-  void OnMapEnd() override {}
-
- private:
-  void Root(const YAML::Mark& mark, bool empty) {
-    if (!at_root_) return;
-    last_.root = mark;
-    last_.empty = empty;
-    at_root_ = false;
-  }
-
-  Document last_;
-  bool at_root_ = false;
-};
-
-// Checks the document structure of `text` and returns whether its first document has content.
-// Only one document may have content: a trailing "---" is harmless, but settings after one would be
-// ignored silently.
-//
-// This replaces YAML::LoadAll(), which in yaml-cpp 0.7 never returns on some invalid input (a stray
-// ',' where a document starts, jbeder/yaml-cpp#1040, fixed upstream after 0.8): the parser reports
-// an empty document without consuming the token, again and again, allocating each time. Here a
-// document that starts where the previous one started is reported as a syntax error instead.
-bool CheckDocuments(const std::string& text, const Parser& parser) {
-  std::istringstream stream(text);
-  YAML::Parser yaml(stream);
-  DocumentScanner scanner;
-  bool first_has_content = false;
-  size_t count = 0;
-  YAML::Mark previous_start;
-  while (yaml.HandleNextDocument(scanner)) {
-    const DocumentScanner::Document& document = scanner.last();
-    if (count > 0 && document.start.pos == previous_start.pos) {
-      const auto pos = static_cast<size_t>(document.root.pos);
-      const std::string token =
-          pos < text.size() ? "'" + OneLine(text.substr(pos, 1), kMaxQuotedValue) + "'" : "input";
-      parser.Fail(document.root, "", "YAML syntax error: unexpected " + token);
-    }
-    if (count == 0) {
-      first_has_content = !document.empty;
-    } else if (!document.empty) {
-      parser.Fail(document.root, "",
-                  "only one YAML document is allowed, but another one starts here");
-    }
-    previous_start = document.start;
-    ++count;
-  }
-  return first_has_content;
-}
-
 }  // namespace
 
 Config DefaultConfig() {
@@ -535,7 +456,11 @@ Config ParseConfig(const std::string& yaml_text, const std::string& source_name)
   const Parser parser(source_name);
   Config config;
   try {
-    if (CheckDocuments(yaml_text, parser)) {
+    const auto fail = [&](const YAML::Mark& mark, const std::string& reason) {
+      parser.Fail(mark, "", reason);
+    };
+    const auto quote = [](std::string_view token) { return OneLine(token, kMaxQuotedValue); };
+    if (FirstYamlDocumentHasContent(yaml_text, fail, quote)) {
       config = parser.ParseDocument(YAML::Load(yaml_text));
     } else {
       config = DefaultConfig();  // Empty or comment-only file.
@@ -551,30 +476,11 @@ Config ParseConfig(const std::string& yaml_text, const std::string& source_name)
 }
 
 Config LoadConfigFile(const std::string& path) {
-  const auto fail = [&](const std::string& reason) -> ConfigError {
-    return ConfigError("cannot read config file '" + OneLine(path, 4 * kMaxQuotedValue) +
-                       "': " + reason);
-  };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw fail(std::generic_category().message(errno));
   std::string text;
-  char buffer[16384];
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int error = errno;
-      ::close(fd);
-      throw fail(std::generic_category().message(error));
-    }
-    if (n == 0) break;
-    text.append(buffer, static_cast<size_t>(n));
-    if (text.size() > kMaxConfigFileBytes) {
-      ::close(fd);
-      throw fail("larger than " + std::to_string(kMaxConfigFileBytes) + " bytes");
-    }
+  if (const std::string error = ReadSmallFile(path, kMaxConfigFileBytes, text); !error.empty()) {
+    throw ConfigError("cannot read config file '" + OneLine(path, 4 * kMaxQuotedValue) +
+                      "': " + error);
   }
-  ::close(fd);
   return ParseConfig(text, path);
 }
 

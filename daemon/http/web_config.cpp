@@ -5,7 +5,6 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <unistd.h>
-#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -19,6 +18,8 @@
 #include <system_error>
 #include <utility>
 #include <vector>
+
+#include "config/yaml_text.h"
 
 namespace kpulse {
 
@@ -230,7 +231,7 @@ class WebConfigParser {
 
   std::string ReadFileAt(const Value& v, const std::string& path) const {
     std::string text;
-    std::string error = ReadSmallFile(path, text);
+    std::string error = ReadSmallFile(path, kMaxFileBytes, text);
     if (!error.empty()) Fail(v, "cannot read '" + Printable(path) + "': " + error);
     return text;
   }
@@ -395,101 +396,10 @@ class WebConfigParser {
     return hash;
   }
 
- public:
-  static std::string ReadSmallFile(const std::string& path, std::string& text) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return std::generic_category().message(errno);
-    char buffer[16384];
-    std::string error;
-    for (;;) {
-      const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        error = std::generic_category().message(errno);
-        break;
-      }
-      if (n == 0) break;
-      text.append(buffer, static_cast<size_t>(n));
-      if (text.size() > kMaxFileBytes) {
-        error = "larger than " + std::to_string(kMaxFileBytes) + " bytes";
-        break;
-      }
-    }
-    ::close(fd);
-    return error;
-  }
-
  private:
   std::string source_;
   std::filesystem::path base_;
 };
-
-// Notes, for each YAML document, where it starts and whether its root holds anything.
-class DocumentEvents final : public YAML::EventHandler {
- public:
-  YAML::Mark start;
-  YAML::Mark root;
-  bool has_content = false;
-
-  void OnDocumentStart(const YAML::Mark& mark) override {
-    start = root = mark;
-    has_content = false;
-    seen_root_ = false;
-  }
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { Node(mark, false); }
-  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { Node(mark, true); }
-  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                const std::string&) override {
-    Node(mark, true);
-  }
-  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                       YAML::EmitterStyle::value) override {
-    Node(mark, true);
-  }
-  void OnSequenceEnd() override {}
-  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                  YAML::EmitterStyle::value) override {
-    Node(mark, true);
-  }
-  void OnMapEnd() override {}
-
- private:
-  void Node(const YAML::Mark& mark, bool content) {
-    if (seen_root_) return;
-    seen_root_ = true;
-    root = mark;
-    has_content = content;
-  }
-  bool seen_root_ = false;
-};
-
-// Whether the first document has content; a later document with content is an error (its
-// settings would be ignored). yaml-cpp 0.7 can report the same empty document forever on some
-// invalid input (jbeder/yaml-cpp#1040), so a document that starts where the previous one did is
-// a syntax error here.
-bool CheckDocuments(const std::string& text, const WebConfigParser& parser) {
-  std::istringstream stream(text);
-  YAML::Parser yaml(stream);
-  DocumentEvents events;
-  bool first_has_content = false;
-  int documents = 0;
-  YAML::Mark previous;
-  while (yaml.HandleNextDocument(events)) {
-    if (documents > 0 && events.start.pos == previous.pos) {
-      parser.Fail(events.root, "", "YAML syntax error: unexpected input");
-    }
-    if (documents == 0) {
-      first_has_content = events.has_content;
-    } else if (events.has_content) {
-      parser.Fail(events.root, "",
-                  "only one YAML document is allowed, but another one starts here");
-    }
-    previous = events.start;
-    ++documents;
-  }
-  return first_has_content;
-}
 
 }  // namespace
 
@@ -497,7 +407,13 @@ WebConfig ParseWebConfig(const std::string& yaml_text, const std::string& source
   const WebConfigParser parser(source_name);
   WebConfig config;
   try {
-    if (CheckDocuments(yaml_text, parser)) config = parser.ParseDocument(YAML::Load(yaml_text));
+    const auto fail = [&](const YAML::Mark& mark, const std::string& reason) {
+      parser.Fail(mark, "", reason);
+    };
+    const auto quote = [](std::string_view token) { return Printable(token); };
+    if (FirstYamlDocumentHasContent(yaml_text, fail, quote)) {
+      config = parser.ParseDocument(YAML::Load(yaml_text));
+    }
   } catch (const YAML::ParserException& e) {
     parser.Fail(e.mark, "", "YAML syntax error: " + Printable(e.msg));
   } catch (const YAML::Exception& e) {
@@ -509,7 +425,7 @@ WebConfig ParseWebConfig(const std::string& yaml_text, const std::string& source
 
 WebConfig LoadWebConfigFile(const std::string& path) {
   std::string text;
-  const std::string error = WebConfigParser::ReadSmallFile(path, text);
+  const std::string error = ReadSmallFile(path, kMaxFileBytes, text);
   if (!error.empty()) {
     throw WebConfigError("cannot read web config file '" + Printable(path) + "': " + error);
   }
