@@ -1,19 +1,15 @@
 #include "config/config.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <functional>
 #include <initializer_list>
 #include <optional>
 #include <regex>
-#include <sstream>
 #include <system_error>
 #include <utility>
 
