@@ -46,7 +46,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Set by user space between open and load. */
 const volatile bool runq_enabled = true;
 const volatile bool offcpu_enabled = true;
-const volatile __u32 max_slots = 4096;          /* cgroup_slots max_entries */
 /* Slots below these have per-CPU histograms (no atomics; sized by user space to a memory
  * budget); the rest share one histogram per slot, updated with atomic adds. */
 const volatile __u32 runq_hot_slots = 0;
@@ -72,7 +71,7 @@ struct {
 /* cgroup id -> its index in the histogram arrays (see sched.h for the slot life cycle). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096); /* resized by user space (max_slots) */
+	__uint(max_entries, 4096); /* resized by user space: the larger max_cgroups */
 	__type(key, __u64);
 	__type(value, __u32);
 } cgroup_slots SEC(".maps");
@@ -80,7 +79,7 @@ struct {
 /* slot -> the cgroup it belongs to, 0 while free or being retired. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4096); /* resized by user space (max_slots) */
+	__uint(max_entries, 4096); /* resized by user space: the larger max_cgroups */
 	__type(key, __u32);
 	__type(value, __u64);
 } slot_owner SEC(".maps");
@@ -89,7 +88,7 @@ struct {
  * one CPU without an atomic fetch (not available before 5.12, where the wakeup hook runs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK);
-	__uint(max_entries, 4096); /* resized by user space (max_slots) */
+	__uint(max_entries, 4096); /* resized by user space: the larger max_cgroups */
 	__type(value, __u32);
 } free_slots SEC(".maps");
 

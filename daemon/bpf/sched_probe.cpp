@@ -110,10 +110,10 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   const uint32_t offcpu_slots = offcpu.enabled ? offcpu.max_cgroups : 1;
   const int cpus = libbpf_num_possible_cpus();
   if (cpus <= 0) return tl::unexpected("counting CPUs failed: " + Errno(cpus));
+  const uint32_t max_slots = std::max(runq_slots, offcpu_slots);  // one slot table for both
   auto& rodata = *skeleton->rodata;
   rodata.runq_enabled = runq.enabled;
   rodata.offcpu_enabled = offcpu.enabled;
-  rodata.max_slots = std::max(runq_slots, offcpu_slots);
   rodata.runq_slots = runq_slots;
   rodata.offcpu_slots = offcpu_slots;
   // per_cpu makes every run-queue histogram per-CPU already.
@@ -137,9 +137,9 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   // Maps a configuration does not use still need a size: 1 entry.
   const bool stacks = rodata.stacks_enabled;
   const std::pair<bpf_map*, uint32_t> sizes[] = {
-      {skeleton->maps.cgroup_slots, rodata.max_slots},
-      {skeleton->maps.slot_owner, rodata.max_slots},
-      {skeleton->maps.free_slots, rodata.max_slots},
+      {skeleton->maps.cgroup_slots, max_slots},
+      {skeleton->maps.slot_owner, max_slots},
+      {skeleton->maps.free_slots, max_slots},
       {skeleton->maps.runq_hists, runq_shared},
       {skeleton->maps.runq_hot_hists, std::max(rodata.runq_hot_slots, 1u)},
       {skeleton->maps.runq_start, runq.enabled && !info ? runq.max_tasks : 1},
@@ -174,7 +174,7 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   }
   // Every slot starts free, the lowest (per-CPU) on top of the stack.
   const int free_fd = bpf_map__fd(skeleton->maps.free_slots);
-  for (uint32_t slot = rodata.max_slots; slot-- > 0;) {
+  for (uint32_t slot = max_slots; slot-- > 0;) {
     if (bpf_map_update_elem(free_fd, nullptr, &slot, BPF_ANY) != 0) {
       return tl::unexpected("filling free_slots failed: " + Errno(errno));
     }
