@@ -50,8 +50,8 @@ TEST(OffcpuCollector, SecondsTotalAndDurationHistogramPerCgroupAndState) {
   source.snapshot.overflow[OFFCPU_IDLE] = Hist(20, 2, 3000000000);
   OffcpuCollector collector(source, Paths({{100, "/app.slice"}}));
   const std::string text = prometheus::TextSerializer().Serialize(collector.Collect());
-  const std::string app = "cgroup=\"/app.slice\",unit=\"app.slice\",container_id=\"\",pod_uid=\"\",qos=\"\"";
-  const std::string other = "cgroup=\"<other>\",unit=\"\",container_id=\"\",pod_uid=\"\",qos=\"\"";
+  const std::string app = "cgroup=\"/app.slice\",unit=\"app.slice\"";  // empty labels left out
+  const std::string other = "cgroup=\"<other>\"";
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + app + ",state=\"sleep\"} 0.5\n"));
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + app + ",state=\"disk\"} 1\n"));
   // A removed cgroup that was never labelled while it lived: deleted totals.

@@ -59,14 +59,12 @@ TEST(RunqueueCollector, PerCgroupAndNodeHistogramsInTextFormat) {
                               RunqueueConfig{});
   const std::string text = Render(collector);
   const std::string app =
-      "cgroup=\"/system.slice/app.service\",unit=\"app.service\",container_id=\"\",pod_uid=\"\","
-      "qos=\"\"";
+      "cgroup=\"/system.slice/app.service\",unit=\"app.service\"";  // empty labels left out
   EXPECT_THAT(text, HasSubstr("# TYPE kpulse_runqueue_latency_seconds histogram"));
   EXPECT_THAT(text,
               HasSubstr("kpulse_runqueue_latency_seconds_bucket{" + app + ",le=\"1.6384e-05\"} 4"));
   EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{" + app + "} 4"));
-  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<other>\",unit=\"\","
-                              "container_id=\"\",pod_uid=\"\",qos=\"\"} 1"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"<other>\"} 1"));
   // Node = every cgroup + overflow.
   EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_count 5"));
   EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_bucket{le=\"+Inf\"} 5"));
@@ -89,8 +87,7 @@ TEST(RunqueueCollector, RemovedCgroupsAreDeletedTotalsAndPerCpuAddsACpuLabel) {
   RunqueueCollector collector(source, Paths({{9, "/a"}}), config);
   const std::string text = Render(collector);
   EXPECT_THAT(text, HasSubstr("kpulse_deleted_cgroups_runqueue_latency_seconds_count{cpu=\"0\"} 3"));
-  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/a\",unit=\"\","
-                              "container_id=\"\",pod_uid=\"\",qos=\"\",cpu=\"1\"} 1"));
+  EXPECT_THAT(text, HasSubstr("kpulse_runqueue_latency_seconds_count{cgroup=\"/a\",cpu=\"1\"} 1"));
   EXPECT_THAT(text, HasSubstr("kpulse_node_runqueue_latency_seconds_count 4"));
 }
 
