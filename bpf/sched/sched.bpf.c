@@ -24,8 +24,8 @@
  *
  * 2. wakeup (fallback): raw_tp sched_wakeup / sched_wakeup_new / sched_switch (classic runqlat
  *    and offcputime): a wait runs from wakeup (or preemption) to switch-in, a block from
- *    switch-out to wakeup. Timestamps in tid-keyed hashes, removed when consumed and at
- *    sched_process_exit. For kernels without SCHED_INFO or task storage.
+ *    switch-out to wakeup. Timestamps in tid-keyed hashes, removed when consumed and at the
+ *    task's final (TASK_DEAD) switch-out. For kernels without SCHED_INFO or task storage.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -515,6 +515,14 @@ SEC("raw_tp/sched_switch")
 int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	__u32 prev_state = offcpu_state_of(preempt, task_state(prev));
+	if (prev_state == OFFCPU_EXITING) {
+		/* The last event of a task: nothing closes a stamp after it. A wakeup can stamp a task
+		 * that is still on its CPU (ttwu of a running task), also one that is exiting; the stamp
+		 * would outlive it (sched_process_exit is too early: the task still runs after it). */
+		__u32 tid = BPF_CORE_READ(prev, pid);
+		bpf_map_delete_elem(&runq_start, &tid);
+		bpf_map_delete_elem(&offcpu_start, &tid);
+	}
 	/* Still runnable when switched out: it waits again from now. */
 	if (runq_enabled && prev_state == OFFCPU_NOT_BLOCKED)
 		runq_enqueued(prev);
@@ -544,14 +552,5 @@ int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev, struct ta
 	__u64 delay = now > *since ? now - *since : 0;
 	bpf_map_delete_elem(&runq_start, &tid);
 	runq_record(cgroup_slot(task_cgroup_id(next)), delay, 1);
-	return 0;
-}
-
-SEC("raw_tp/sched_process_exit")
-int BPF_PROG(sched_process_exit_raw, struct task_struct *task)
-{
-	__u32 tid = BPF_CORE_READ(task, pid);
-	bpf_map_delete_elem(&runq_start, &tid);
-	bpf_map_delete_elem(&offcpu_start, &tid);
 	return 0;
 }

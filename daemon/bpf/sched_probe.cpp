@@ -100,7 +100,6 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   bpf_program__set_autoload(progs.sched_wakeup_raw, !info);
   bpf_program__set_autoload(progs.sched_wakeup_new_raw, !info);
   bpf_program__set_autoload(progs.sched_switch_raw, !info);
-  bpf_program__set_autoload(progs.sched_process_exit_raw, !info);
   // Task storage may not exist on the kernels the wakeup variant is for.
   bpf_map__set_autocreate(skeleton->maps.sched_task_states, info);
 

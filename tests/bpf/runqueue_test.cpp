@@ -214,9 +214,10 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
 
 // The wakeup hook's tid-keyed start maps (run-queue and off-CPU) must not keep entries of threads
 // that exited. (The sched_info hook keeps its state in task storage, which the kernel frees with
-// the task.) Normal exits consume their entries anyway (the last wakeup closes the block, the
-// final TASK_DEAD switch-out records nothing): removing the off-CPU delete in
-// sched_process_exit does not fail this test; that delete is a guard for paths not seen here.
+// the task.) Most exits consume their entries anyway; the one that does not is a wakeup that
+// stamps a thread still on its CPU just before it exits (CI saw it once in 300 threads when the
+// delete sat in sched_process_exit, which runs before the exiting thread's last wakeups). The
+// delete now sits at the final TASK_DEAD switch-out, after which nothing can stamp the task.
 TEST(RunqueueWakeupHook, StartMapKeepsNoEntriesOfExitedThreads) {
   KPULSE_REQUIRE_ROOT();
   TestCgroup cgroup("rqexit");
