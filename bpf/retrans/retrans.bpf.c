@@ -15,12 +15,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
+#include "kpulse/errno.bpf.h"
 #include "kpulse/sock.bpf.h"
 #include "retrans/retrans.h"
 
 #define TCPHDR_SYN 0x02
 #define SOCK_BINDPORT_LOCK 8
-#define EEXIST 17
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

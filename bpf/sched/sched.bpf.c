@@ -33,6 +33,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "kpulse/bits.bpf.h"
+#include "kpulse/errno.bpf.h"
 #include "kpulse/task.bpf.h"
 #include "sched/sched.h"
 
@@ -463,13 +464,17 @@ int BPF_PROG(sched_switch_info, bool preempt, struct task_struct *prev, struct t
 
 /* ---- 2. wakeup (fallback) ---- */
 
-static __always_inline void runq_enqueued(const struct task_struct *task)
+/* A wait starts. `flags`: BPF_ANY at a preempting switch-out (a new wait from now),
+ * BPF_NOEXIST at a wakeup: a task preempted on its way to sleep is woken while it already waits
+ * in the run queue (ttwu_runnable fires sched_wakeup too), and its wait began at the preemption. */
+static __always_inline void runq_enqueued(const struct task_struct *task, __u64 flags)
 {
 	__u32 tid = BPF_CORE_READ(task, pid);
 	if (tid == 0)
 		return;
 	__u64 now = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&runq_start, &tid, &now, BPF_ANY) != 0) {
+	long err = bpf_map_update_elem(&runq_start, &tid, &now, flags);
+	if (err != 0 && err != -EEXIST) {
 		struct sched_totals *t = totals();
 		if (t)
 			t->runq_start_drops++;
@@ -497,7 +502,7 @@ SEC("raw_tp/sched_wakeup")
 int BPF_PROG(sched_wakeup_raw, struct task_struct *task)
 {
 	if (runq_enabled)
-		runq_enqueued(task);
+		runq_enqueued(task, BPF_NOEXIST);
 	if (offcpu_enabled)
 		offcpu_woken(task);
 	return 0;
@@ -507,7 +512,7 @@ SEC("raw_tp/sched_wakeup_new")
 int BPF_PROG(sched_wakeup_new_raw, struct task_struct *task)
 {
 	if (runq_enabled)
-		runq_enqueued(task);
+		runq_enqueued(task, BPF_NOEXIST);
 	return 0;
 }
 
@@ -524,8 +529,14 @@ int BPF_PROG(sched_switch_raw, bool preempt, struct task_struct *prev, struct ta
 		bpf_map_delete_elem(&offcpu_start, &tid);
 	}
 	/* Still runnable when switched out: it waits again from now. */
-	if (runq_enabled && prev_state == OFFCPU_NOT_BLOCKED)
-		runq_enqueued(prev);
+	if (runq_enabled && prev_state == OFFCPU_NOT_BLOCKED) {
+		runq_enqueued(prev, BPF_ANY);
+	} else if (runq_enabled && prev_state < OFFCPU_STATE_MAX) {
+		/* Blocked: not runnable until its wakeup. A stamp left by a wakeup that found it still on
+		 * its CPU would otherwise stand in for that wakeup's (which keeps an existing one). */
+		__u32 tid = BPF_CORE_READ(prev, pid);
+		bpf_map_delete_elem(&runq_start, &tid);
+	}
 	if (offcpu_enabled && prev_state < OFFCPU_STATE_MAX) {
 		__u32 tid = BPF_CORE_READ(prev, pid);
 		struct offcpu_start start = {
