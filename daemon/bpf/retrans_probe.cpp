@@ -108,7 +108,7 @@ void RetransProbe::SkeletonDeleter::operator()(retrans_bpf* skeleton) const {
 }
 
 tl::expected<RetransProbe::Skeleton, std::string> RetransProbe::LoadAndAttach(
-    const RetransConfig& config, RetransVariant variant) {
+    const RetransProbeOptions& config, RetransVariant variant) {
   Skeleton skeleton(retrans_bpf__open());
   if (!skeleton) return tl::unexpected("opening the retrans BPF object failed: " + Errno(errno));
 
@@ -148,7 +148,7 @@ tl::expected<RetransProbe::Skeleton, std::string> RetransProbe::LoadAndAttach(
   return skeleton;
 }
 
-std::unique_ptr<RetransProbe> RetransProbe::Start(const RetransConfig& config) {
+std::unique_ptr<RetransProbe> RetransProbe::Start(const RetransProbeOptions& config) {
   const RetransKernelFeatures kernel = ProbeRetransKernelFeatures();
   auto variant = ChooseRetransVariant(config.hook, kernel);
   if (!variant) throw std::runtime_error("tcp_retransmit: " + variant.error());

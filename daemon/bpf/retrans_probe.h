@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "config/config.h"
+#include "bpf/probe_options.h"
 #include "retrans/retrans.h"
 
 struct bpf_object;
@@ -81,7 +81,7 @@ class RetransProbe final : public RetransSource {
  public:
   /// Opens, configures, loads and attaches. With hook auto, a tp_btf failure falls back to the
   /// classic tracepoint. Throws std::runtime_error with a one-line reason when nothing attaches.
-  static std::unique_ptr<RetransProbe> Start(const RetransConfig& config);
+  static std::unique_ptr<RetransProbe> Start(const RetransProbeOptions& options);
   ~RetransProbe() override;
   RetransProbe(const RetransProbe&) = delete;
   RetransProbe& operator=(const RetransProbe&) = delete;
@@ -104,7 +104,7 @@ class RetransProbe final : public RetransSource {
   using Skeleton = std::unique_ptr<retrans_bpf, SkeletonDeleter>;
 
   RetransProbe(Skeleton skeleton, RetransVariant variant, bool reports_failures);
-  static tl::expected<Skeleton, std::string> LoadAndAttach(const RetransConfig& config,
+  static tl::expected<Skeleton, std::string> LoadAndAttach(const RetransProbeOptions& config,
                                                            RetransVariant variant);
 
   Skeleton skeleton_;

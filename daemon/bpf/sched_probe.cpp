@@ -89,8 +89,8 @@ void SchedProbe::SkeletonDeleter::operator()(sched_bpf* skeleton) const {
 
 tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
     const SchedProbeOptions& options, SchedVariant variant) {
-  const RunqueueConfig& runq = options.runqueue;
-  const OffcpuConfig& offcpu = options.offcpu;
+  const RunqueueProbeOptions& runq = options.runqueue;
+  const OffcpuProbeOptions& offcpu = options.offcpu;
   Skeleton skeleton(sched_bpf__open());
   if (!skeleton) return tl::unexpected("opening the sched BPF object failed: " + Errno(errno));
 

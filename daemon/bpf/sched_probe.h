@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "config/config.h"
+#include "bpf/probe_options.h"
 #include "sched/sched.h"
 
 struct bpf_object;
@@ -120,10 +120,6 @@ SchedKernelFeatures ProbeSchedKernelFeatures();
 tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
                                                            const SchedKernelFeatures& kernel);
 
-/// Memory per probe for per-CPU histograms (see bpf/sched/sched.h): the first cgroups to get a
-/// slot get per-CPU histograms, updated without atomic adds, while they fit in it.
-inline constexpr size_t kDefaultHotHistogramBytes = size_t{8} << 20;
-
 /// Slots the retired records of removed cgroups may pile up to between snapshots before they are
 /// merged into one record with cgroup id 0 (memory stays bounded when nobody scrapes).
 inline constexpr size_t kMaxRetiredRecords = 16384;
@@ -133,14 +129,6 @@ struct SlotSweep {
   uint32_t unpublished = 0;  // slots of removed cgroups taken out of use (step 1)
   uint32_t recycled = 0;     // slots harvested and freed (step 2, of the previous sweep's)
   uint32_t owned = 0;        // slots owned by a cgroup after the sweep
-};
-
-/// What the scheduler object should do: either probe may be disabled (not both).
-struct SchedProbeOptions {
-  RunqueueConfig runqueue;
-  OffcpuConfig offcpu;
-  SchedHook hook = SchedHook::kAuto;
-  size_t hot_histogram_bytes = kDefaultHotHistogramBytes;  // 0: every histogram shared
 };
 
 /// Owns the loaded and attached scheduler BPF object (skeleton, maps, links) serving the
