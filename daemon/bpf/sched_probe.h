@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "bpf/bpf_skeleton.h"
+#include "bpf/kernel_features.h"
 #include "bpf/probe_options.h"
 #include "sched/sched.h"
 
@@ -110,13 +112,7 @@ class OffcpuSource {
 enum class SchedVariant { kSchedInfo, kWakeup };
 std::string_view ToString(SchedVariant variant);
 
-/// What the running kernel offers for the sched_info variant.
-struct SchedKernelFeatures {
-  bool sched_info = false;    // task_struct::sched_info in BTF and /proc/self/schedstat counting
-  bool task_storage = false;  // BPF_MAP_TYPE_TASK_STORAGE
-  bool tp_btf = false;        // BTF-typed sched_switch tracepoint
-};
-SchedKernelFeatures ProbeSchedKernelFeatures();
+/// Picks the variant for `hook`; an error when `hook` forces sched_info and the kernel lacks it.
 tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
                                                            const SchedKernelFeatures& kernel);
 
@@ -137,7 +133,7 @@ struct SlotSweep {
 class SchedProbe final : public RunqueueSource, public OffcpuSource {
  public:
   /// Opens, configures, loads, attaches. With hook auto a sched_info failure falls back to the
-  /// wakeup hooks. Throws std::runtime_error with a one-line reason when nothing attaches.
+  /// wakeup hooks. Throws ProbeError (one line, errno kept) when nothing attaches.
   static std::unique_ptr<SchedProbe> Start(const SchedProbeOptions& options);
   ~SchedProbe() override;
   SchedProbe(const SchedProbe&) = delete;
@@ -165,10 +161,7 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   const bpf_object* object() const;
 
  private:
-  struct SkeletonDeleter {
-    void operator()(sched_bpf* skeleton) const;
-  };
-  using Skeleton = std::unique_ptr<sched_bpf, SkeletonDeleter>;
+  using Skeleton = SkeletonPtr<sched_bpf>;
 
   struct RetiringSlot {
     uint64_t cgroup_id;
@@ -176,7 +169,7 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   };
 
   SchedProbe(Skeleton skeleton, SchedVariant variant, SchedProbeOptions options);
-  static tl::expected<Skeleton, std::string> LoadAndAttach(const SchedProbeOptions& options,
+  static tl::expected<Skeleton, BpfFailure> LoadAndAttach(const SchedProbeOptions& options,
                                                            SchedVariant variant);
   /// Owned slots plus the ones being retired: every slot whose histograms count. Requires mu_.
   tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> CountingSlots() const;
