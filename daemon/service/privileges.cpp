@@ -354,9 +354,10 @@ tl::expected<DroppedPrivileges, PrivilegeError> DropPrivileges(const PrivilegePl
   for (const ThreadCaps& caps : *threads) {
     std::string excess = Excess(caps, kept_mask, dropped.bounding_narrowed, account);
     if (!excess.empty()) {
+      bool self = caps.tid == gettid();
       return tl::unexpected(PrivilegeError{
           0, "thread " + std::to_string(caps.tid) + " kept more than the plan after the drop:" +
-                 excess + " (a thread started before DropPrivileges?)"});
+                 excess + (self ? " (the calling thread)" : " (started before DropPrivileges?)")});
     }
   }
   dropped.threads_checked = threads->size();
