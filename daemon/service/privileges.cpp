@@ -149,10 +149,7 @@ PrivilegePlan PlanPrivileges(const PrivilegeNeeds& needs) {
     plan.keep.push_back(CAP_BPF);
     plan.keep.push_back(CAP_PERFMON);
   }
-  if (needs.symbolize_stacks) {
-    plan.keep.push_back(CAP_SYS_PTRACE);
-    plan.keep.push_back(CAP_SYSLOG);
-  }
+  if (needs.symbolize_user_stacks) plan.keep.push_back(CAP_SYS_PTRACE);
   std::sort(plan.keep.begin(), plan.keep.end());
   plan.keep.erase(std::unique(plan.keep.begin(), plan.keep.end()), plan.keep.end());
   plan.user = needs.user;

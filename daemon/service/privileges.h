@@ -30,9 +30,10 @@ struct PrivilegeNeeds {
   bool cgroup_file_handles = false;
   // A reload may load and attach a probe that was off at start (CAP_BPF + CAP_PERFMON).
   bool reload_attach = false;
-  // Off-CPU stack symbolization at scrape time: other processes' /proc/<pid>/maps
-  // (CAP_SYS_PTRACE) and kernel symbol addresses in /proc/kallsyms (CAP_SYSLOG).
-  bool symbolize_stacks = false;
+  // User frames of off-CPU stacks, symbolized at scrape time: other processes' /proc/<pid>/maps
+  // and binaries under /proc/<pid>/root (CAP_SYS_PTRACE). Kernel frames need CAP_SYSLOG only
+  // while /proc/kallsyms is read, at start-up (OffcpuStacksEndpoint), so it is not kept.
+  bool symbolize_user_stacks = false;
   // Empty: keep the current uid/gid. Otherwise switch to this user of the user database, its
   // primary group and its supplementary groups (getgrouplist).
   std::string user;

@@ -211,9 +211,9 @@ TEST(PrivilegesPlanTest, ReloadAttachKeepsBpfAndPerfmonWithoutSysResource) {
   EXPECT_EQ(plan.keep, (std::vector<cap_value_t>{CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_BPF}));
 }
 
-TEST(PrivilegesPlanTest, StackSymbolizationKeepsPtraceAndSyslog) {
-  PrivilegePlan plan = PlanPrivileges({.symbolize_stacks = true, .user = ""});
-  EXPECT_EQ(plan.keep, (std::vector<cap_value_t>{CAP_SYS_PTRACE, CAP_SYSLOG}));
+TEST(PrivilegesPlanTest, UserStackSymbolizationKeepsPtraceButNotSyslog) {
+  PrivilegePlan plan = PlanPrivileges({.symbolize_user_stacks = true, .user = ""});
+  EXPECT_EQ(plan.keep, (std::vector<cap_value_t>{CAP_SYS_PTRACE}));
 }
 
 // The drop tests: each in a forked child; the test process must keep its own capabilities.
