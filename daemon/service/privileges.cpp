@@ -189,8 +189,10 @@ std::optional<ThreadCaps> ParseThreadStatus(std::string_view status) {
     std::string_view key;
     uint64_t ThreadCaps::*field;
   };
-  static constexpr Mask kMasks[] = {{"CapEff", &ThreadCaps::eff}, {"CapPrm", &ThreadCaps::prm},
-                                    {"CapInh", &ThreadCaps::inh}, {"CapAmb", &ThreadCaps::amb},
+  static constexpr Mask kMasks[] = {{"CapEff", &ThreadCaps::eff},
+                                    {"CapPrm", &ThreadCaps::prm},
+                                    {"CapInh", &ThreadCaps::inh},
+                                    {"CapAmb", &ThreadCaps::amb},
                                     {"CapBnd", &ThreadCaps::bnd}};
   while (!status.empty()) {
     size_t newline = status.find('\n');
@@ -367,9 +369,10 @@ void LogDroppedPrivileges(const DroppedPrivileges& dropped) {
   spdlog::info("dropped capabilities: kept {}; {}; no_new_privs{}", CapNames(dropped.kept), user,
                dropped.bounding_narrowed ? "" : "; bounding set left as is (no cap_setpcap)");
   if (!dropped.missing.empty()) {
-    spdlog::warn("capabilities {} were to be kept but the process did not have them; the "
-                 "features that need them fall back or fail (docs/operations.md)",
-                 CapNames(dropped.missing));
+    spdlog::warn(
+        "capabilities {} were to be kept but the process did not have them; the "
+        "features that need them fall back or fail (docs/operations.md)",
+        CapNames(dropped.missing));
   }
 }
 

@@ -34,12 +34,12 @@ bool InCi() {
 // The drop tests change a process's privileges, so they need root (and run in forked children);
 // under CI=true a skip is a failure. (tests/bpf/test_env.h has the same macro for the BPF tier,
 // but its InCi() lives in test_env.cpp, which the unit tests do not link.)
-#define REQUIRE_ROOT_FOR_DROP()                                                               \
-  do {                                                                                        \
-    if (::geteuid() != 0) {                                                                   \
-      if (InCi()) FAIL() << "privilege drop tests need root, and CI must run them";           \
-      GTEST_SKIP() << "privilege drop tests need root (they drop capabilities in a child)";   \
-    }                                                                                         \
+#define REQUIRE_ROOT_FOR_DROP()                                                             \
+  do {                                                                                      \
+    if (::geteuid() != 0) {                                                                 \
+      if (InCi()) FAIL() << "privilege drop tests need root, and CI must run them";         \
+      GTEST_SKIP() << "privilege drop tests need root (they drop capabilities in a child)"; \
+    }                                                                                       \
   } while (0)
 
 // Runs `body` in a forked child (the test process keeps its privileges). Returns "" when the
@@ -68,10 +68,10 @@ std::string InChild(const std::function<std::string()>& body) {
   close(fds[0]);
   int status = 0;
   if (waitpid(pid, &status, 0) != pid) return std::string("waitpid: ") + std::strerror(errno);
-  if (WIFSIGNALED(status)) return failure + " (child killed by signal " +
-                                  std::to_string(WTERMSIG(status)) + ")";
-  if (WEXITSTATUS(status) != 0 && failure.empty()) return "child exited " +
-                                                          std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status))
+    return failure + " (child killed by signal " + std::to_string(WTERMSIG(status)) + ")";
+  if (WEXITSTATUS(status) != 0 && failure.empty())
+    return "child exited " + std::to_string(WEXITSTATUS(status));
   return failure;
 }
 
@@ -159,10 +159,10 @@ TEST(PrivilegesParseTest, ThreadStatusWithoutAmbientLineIsRejected) {
 }
 
 TEST(PrivilegesParseTest, ThreadStatusWithBadMaskIsRejected) {
-  EXPECT_FALSE(ParseThreadStatus(
-      "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nCapInh:\t0000000000000000\n"
-      "CapPrm:\tzz\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\n"
-      "CapAmb:\t0000000000000000\nNoNewPrivs:\t0\n"));
+  EXPECT_FALSE(
+      ParseThreadStatus("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nCapInh:\t0000000000000000\n"
+                        "CapPrm:\tzz\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\n"
+                        "CapAmb:\t0000000000000000\nNoNewPrivs:\t0\n"));
 }
 
 TEST(PrivilegesParseTest, ReadThreadCapsListsEveryThreadOfThisProcess) {
@@ -207,7 +207,8 @@ TEST(PrivilegesPlanTest, FileHandlesKeepDacReadSearchOnly) {
 }
 
 TEST(PrivilegesPlanTest, ReloadAttachKeepsBpfAndPerfmonWithoutSysResource) {
-  PrivilegePlan plan = PlanPrivileges({.cgroup_file_handles = true, .reload_attach = true, .user = ""});
+  PrivilegePlan plan =
+      PlanPrivileges({.cgroup_file_handles = true, .reload_attach = true, .user = ""});
   EXPECT_EQ(plan.keep, (std::vector<cap_value_t>{CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_BPF}));
 }
 
@@ -295,9 +296,7 @@ TEST_F(PrivilegesDropTest, SwitchesToNobodyKeepingTheKeptCapabilities) {
 TEST_F(PrivilegesDropTest, DroppedDacCapabilitiesDenyARootOnlyFile) {
   REQUIRE_ROOT_FOR_DROP();
   std::string path = testing::TempDir() + "kpulse-priv-secret-" + std::to_string(getpid());
-  {
-    std::ofstream(path) << "secret\n";
-  }
+  { std::ofstream(path) << "secret\n"; }
   ASSERT_EQ(chmod(path.c_str(), 0600), 0);
   std::string failure = InChild([&] {
     if (open(path.c_str(), O_RDONLY | O_CLOEXEC) < 0) {
@@ -406,26 +405,26 @@ TEST_F(PrivilegesDropTest, MapsNeedNeitherMemlockRlimitNorSysResource) {
 
 TEST_F(PrivilegesDropTest, SelfCheckFailsWhenThreadsStartedBeforeTheDrop) {
   REQUIRE_ROOT_FOR_DROP();
-  EXPECT_EQ(InChild([] {
-              std::promise<void> stop;
-              std::shared_future<void> stopped = stop.get_future().share();
-              std::vector<std::thread> early;
-              for (int i = 0; i < 2; ++i) early.emplace_back([stopped] { stopped.wait(); });
-              auto dropped = DropPrivileges(PrivilegePlan{{CAP_BPF}, ""});
-              std::string failure;
-              if (dropped) {
-                failure = "DropPrivileges succeeded with two threads holding every capability";
-              } else if (dropped.error().message.find("kept more than the plan") ==
-                         std::string::npos) {
-                failure = "unexpected error: " + dropped.error().message;
-              } else if (CheckAllThreads({CAP_BPF}).empty()) {
-                failure = "every thread is dropped, so why did the check fail?";
-              }
-              stop.set_value();
-              for (auto& thread : early) thread.join();
-              return failure;
-            }),
-            "");
+  EXPECT_EQ(
+      InChild([] {
+        std::promise<void> stop;
+        std::shared_future<void> stopped = stop.get_future().share();
+        std::vector<std::thread> early;
+        for (int i = 0; i < 2; ++i) early.emplace_back([stopped] { stopped.wait(); });
+        auto dropped = DropPrivileges(PrivilegePlan{{CAP_BPF}, ""});
+        std::string failure;
+        if (dropped) {
+          failure = "DropPrivileges succeeded with two threads holding every capability";
+        } else if (dropped.error().message.find("kept more than the plan") == std::string::npos) {
+          failure = "unexpected error: " + dropped.error().message;
+        } else if (CheckAllThreads({CAP_BPF}).empty()) {
+          failure = "every thread is dropped, so why did the check fail?";
+        }
+        stop.set_value();
+        for (auto& thread : early) thread.join();
+        return failure;
+      }),
+      "");
 }
 
 // The service-user case: running as nobody with only some capabilities (as systemd's User= plus
@@ -435,8 +434,8 @@ TEST_F(PrivilegesDropTest, AsAServiceUserDropsWhatItHasAndKeepingMissingCapsIsNo
   EXPECT_EQ(InChild([] {
               std::string drop = Drop({CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH}, "nobody");
               if (!drop.empty()) return "setting up the service user: " + drop;
-              auto dropped = DropPrivileges(
-                  PrivilegePlan{{CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE}, "nobody"});
+              auto dropped =
+                  DropPrivileges(PrivilegePlan{{CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE}, "nobody"});
               if (!dropped) return "DropPrivileges: " + dropped.error().message;
               if (CapMask(dropped->kept) != CapMask({CAP_BPF, CAP_PERFMON})) {
                 return "kept " + CapNames(dropped->kept);
