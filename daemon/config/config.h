@@ -73,6 +73,14 @@ struct SeriesConfig {
   uint32_t idle_ttl_seconds = 600;        // 0..31536000: unchanged series leave /metrics (0: never)
 };
 
+/// What the daemon keeps after every probe is attached (YAML `privileges`; docs/operations.md,
+/// "Privileges"). Read at start-up only: dropped capabilities cannot come back.
+struct PrivilegesConfig {
+  bool drop = true;                 // drop every capability not needed after start-up
+  std::string user;                 // switch to this user after attach (empty: keep the uid)
+  bool cgroup_file_handles = true;  // keep CAP_DAC_READ_SEARCH for O(1) cgroup id -> path
+};
+
 /// A complete, validated configuration. A plain value: copy it, swap it on reload.
 struct Config {
   std::string source;  // The file it came from (or the source name given to ParseConfig).
@@ -83,6 +91,7 @@ struct Config {
   OffcpuConfig offcpu;              // YAML `probes.offcpu`.
   CgroupsConfig cgroups;            // YAML `cgroups`.
   SeriesConfig series;              // YAML `series`.
+  PrivilegesConfig privileges;      // YAML `privileges`.
   // Kernel BPF run-time statistics (run_time_ns) while kpulse runs, for the
   // kpulse_bpf_program_* self-metrics. Costs two clock reads per program run. YAML `bpf_stats`.
   bool bpf_stats = false;

@@ -233,8 +233,10 @@ tl::expected<std::vector<ThreadCaps>, PrivilegeError> ReadThreadCaps(pid_t pid) 
   std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir(task_dir.c_str()), closedir);
   if (!dir) return Fail("opendir " + task_dir, errno);
   std::vector<ThreadCaps> threads;
-  errno = 0;
-  while (dirent* entry = readdir(dir.get())) {
+  for (;;) {
+    errno = 0;  // readdir reports an error only through errno; a skipped thread may have set it
+    dirent* entry = readdir(dir.get());
+    if (entry == nullptr) break;
     pid_t tid = 0;
     std::string_view name = entry->d_name;
     auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), tid);
@@ -250,7 +252,6 @@ tl::expected<std::vector<ThreadCaps>, PrivilegeError> ReadThreadCaps(pid_t pid) 
     if (!caps) return Fail("parse " + path, EINVAL);
     caps->tid = tid;
     threads.push_back(*caps);
-    errno = 0;
   }
   if (errno != 0) return Fail("readdir " + task_dir, errno);
   if (threads.empty()) return Fail("no thread status in " + task_dir, ENOENT);
