@@ -246,9 +246,10 @@ class Parser {
                 });
   }
 
-  // A user name as useradd accepts it (Debian's NAME_REGEX, without the trailing $).
+  // A user name as useradd accepts it (Debian's NAME_REGEX, without the trailing $), or "" for
+  // "keep the uid".
   std::string ParseUserName(const Value& v) const {
-    static const std::regex kUserName("[a-z_][a-z0-9_-]{0,31}");
+    static const std::regex kUserName("([a-z_][a-z0-9_-]{0,31})?");
     if (!v.node.IsScalar() || !std::regex_match(v.node.Scalar(), kUserName)) {
       Fail(v, "must be a user name ([a-z_][a-z0-9_-]*, at most 32 characters), got " +
                   Describe(v.node));

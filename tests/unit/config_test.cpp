@@ -716,6 +716,8 @@ TEST(ConfigPrivileges, DefaultsDropAndKeepFileHandlesWithoutAUserSwitch) {
   EXPECT_TRUE(config.privileges.drop);
   EXPECT_TRUE(config.privileges.cgroup_file_handles);
   EXPECT_EQ(config.privileges.user, "");
+  EXPECT_EQ(ParseConfig("privileges:\n  user: \"\"\n", "test.yaml").privileges.user, "")
+      << "an empty user (the shipped config's) keeps the uid";
 }
 
 TEST(ConfigPrivileges, ParsesEveryField) {
