@@ -37,8 +37,9 @@ class Socket {
   int fd_;
 };
 
-// Connects to 127.0.0.1 or [::1]; reads and writes time out after `timeout_seconds` so a broken server fails
-// the test instead of hanging it. Returns an invalid socket (and records a failure) on error.
+// Connects to 127.0.0.1 or [::1]; reads and writes time out after `timeout_seconds` so a broken
+// server fails the test instead of hanging it. Returns an invalid socket (and records a failure) on
+// error.
 inline Socket ConnectLoopback(int family, uint16_t port, int timeout_seconds = 5) {
   Socket sock(socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!sock.valid()) {
