@@ -11,7 +11,7 @@ JOBS ?= $(shell nproc)
 # openssl for the TLS tests, which make their certificates at test time).
 BUILD_DEPS := cmake make g++ clang llvm pkg-config bpftool libbpf-dev libelf-dev zlib1g-dev \
               prometheus-cpp-dev libspdlog-dev libyaml-cpp-dev libsystemd-dev libmicrohttpd-dev \
-              libexpected-dev libgtest-dev libgmock-dev libgnutls28-dev libcrypt-dev
+              libexpected-dev libgtest-dev libgmock-dev libgnutls28-dev libcrypt-dev libcap-dev
 # The package test (tests/packaging) also needs dpkg-dev (dpkg-shlibdeps), file (CPack's shlibdeps),
 # lintian, adduser, init-system-helpers (deb-systemd-helper), libcap2-bin (capsh) and curl; the
 # TLS tests curl and openssl.

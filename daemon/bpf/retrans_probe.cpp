@@ -1,7 +1,6 @@
 #include "bpf/retrans_probe.h"
 
 #include <bpf/bpf.h>
-#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <spdlog/spdlog.h>
 #include <sys/mount.h>
@@ -13,6 +12,7 @@
 #include <fstream>
 
 #include "bpf/map_reader.h"
+#include "bpf/bpf_skeleton.h"
 #include "retrans.skel.h"
 
 namespace kpulse {
@@ -22,19 +22,6 @@ namespace {
 constexpr const char* kTracefs = "/sys/kernel/tracing";
 
 std::string Errno(int err) { return std::strerror(err < 0 ? -err : err); }
-
-// Number of arguments of a BTF-typed tracepoint (btf_trace_<name> is a typedef of a pointer to
-// a function prototype whose first parameter is the context), or -1 when the kernel has none.
-int TracepointArgCount(const btf* vmlinux, const char* tracepoint) {
-  const std::string name = std::string("btf_trace_") + tracepoint;
-  const int id = btf__find_by_name_kind(vmlinux, name.c_str(), BTF_KIND_TYPEDEF);
-  if (id < 0) return -1;
-  const btf_type* type = btf__type_by_id(vmlinux, static_cast<__u32>(id));
-  type = type ? btf__type_by_id(vmlinux, type->type) : nullptr;  // the pointer
-  type = type && btf_is_ptr(type) ? btf__type_by_id(vmlinux, type->type) : nullptr;
-  if (!type || !btf_is_func_proto(type)) return -1;
-  return btf_vlen(type) - 1;
-}
 
 // The classic tracepoint fallback finds event ids in tracefs, which some hosts leave unmounted.
 void EnsureTracefsMounted() {
@@ -74,21 +61,6 @@ std::string_view ToString(RetransVariant variant) {
   return "unknown";
 }
 
-RetransKernelFeatures ProbeRetransKernelFeatures() {
-  RetransKernelFeatures features;
-  btf* vmlinux = btf__load_vmlinux_btf();
-  if (!vmlinux) {
-    spdlog::warn("kernel BTF is not readable ({}); CO-RE programs will not load", Errno(errno));
-    return features;
-  }
-  const int skb_args = TracepointArgCount(vmlinux, "tcp_retransmit_skb");
-  const int synack_args = TracepointArgCount(vmlinux, "tcp_retransmit_synack");
-  features.tp_btf = skb_args >= 2 && synack_args >= 2;
-  features.reports_errors = skb_args >= 3;
-  btf__free(vmlinux);
-  return features;
-}
-
 tl::expected<RetransVariant, std::string> ChooseRetransVariant(
     RetransHook hook, const RetransKernelFeatures& kernel) {
   if (hook == RetransHook::kTracepoint) return RetransVariant::kTracepoint;
@@ -103,14 +75,15 @@ tl::expected<RetransVariant, std::string> ChooseRetransVariant(
   return RetransVariant::kTracepoint;
 }
 
-void RetransProbe::SkeletonDeleter::operator()(retrans_bpf* skeleton) const {
+template <>
+void SkeletonDeleter<retrans_bpf>::operator()(retrans_bpf* skeleton) const {
   retrans_bpf__destroy(skeleton);
 }
 
-tl::expected<RetransProbe::Skeleton, std::string> RetransProbe::LoadAndAttach(
-    const RetransConfig& config, RetransVariant variant) {
+tl::expected<RetransProbe::Skeleton, BpfFailure> RetransProbe::LoadAndAttach(
+    const RetransProbeOptions& config, RetransVariant variant) {
   Skeleton skeleton(retrans_bpf__open());
-  if (!skeleton) return tl::unexpected("opening the retrans BPF object failed: " + Errno(errno));
+  if (!skeleton) return Failed("opening the retrans BPF object");
 
   auto& progs = skeleton->progs;
   const bool tp_btf = variant != RetransVariant::kTracepoint;
@@ -129,41 +102,38 @@ tl::expected<RetransProbe::Skeleton, std::string> RetransProbe::LoadAndAttach(
   // An unused flow map still needs a size; keep it minimal when flows are not tracked.
   const uint32_t flows = rodata.track_flows ? config.max_flows : 1;
   if (int err = bpf_map__set_max_entries(skeleton->maps.retrans_flows, flows); err != 0) {
-    return tl::unexpected("sizing retrans_flows failed: " + Errno(err));
+    return Failed("sizing retrans_flows", err);
   }
   if (int err = bpf_map__set_max_entries(skeleton->maps.retrans_cgroups, config.max_cgroups);
       err != 0) {
-    return tl::unexpected("sizing retrans_cgroups failed: " + Errno(err));
+    return Failed("sizing retrans_cgroups", err);
   }
 
   if (int err = retrans_bpf__load(skeleton.get()); err != 0) {
-    return tl::unexpected("loading the retrans BPF programs (" + std::string(ToString(variant)) +
-                          ") failed: " + Errno(err));
+    return Failed("loading the retrans BPF programs (" + std::string(ToString(variant)) + ")", err);
   }
   if (!tp_btf) EnsureTracefsMounted();
   if (int err = retrans_bpf__attach(skeleton.get()); err != 0) {
-    return tl::unexpected("attaching the retrans BPF programs (" + std::string(ToString(variant)) +
-                          ") failed: " + Errno(err));
+    return Failed("attaching the retrans BPF programs (" + std::string(ToString(variant)) + ")", err);
   }
   return skeleton;
 }
 
-std::unique_ptr<RetransProbe> RetransProbe::Start(const RetransConfig& config) {
+std::unique_ptr<RetransProbe> RetransProbe::Start(const RetransProbeOptions& config) {
   const RetransKernelFeatures kernel = ProbeRetransKernelFeatures();
-  auto variant = ChooseRetransVariant(config.hook, kernel);
-  if (!variant) throw std::runtime_error("tcp_retransmit: " + variant.error());
-
-  auto skeleton = LoadAndAttach(config, *variant);
-  if (!skeleton && config.hook == RetransHook::kAuto && *variant != RetransVariant::kTracepoint) {
-    spdlog::warn("tcp_retransmit: {}; falling back to the classic tracepoint", skeleton.error());
-    variant = RetransVariant::kTracepoint;
-    skeleton = LoadAndAttach(config, *variant);
-  }
-  if (!skeleton) throw std::runtime_error("tcp_retransmit: " + skeleton.error());
-  spdlog::info("tcp_retransmit: attached via {} (failed attempts {})", ToString(*variant),
+  auto chosen = ChooseRetransVariant(config.hook, kernel);
+  if (!chosen) throw ProbeError("tcp_retransmit", BpfFailure{chosen.error()});
+  const bool may_fall_back =
+      config.hook == RetransHook::kAuto && *chosen != RetransVariant::kTracepoint;
+  auto [variant, skeleton] = LoadWithFallback<RetransVariant, retrans_bpf>(
+      "tcp_retransmit", *chosen,
+      may_fall_back ? std::optional(RetransVariant::kTracepoint) : std::nullopt,
+      "the classic tracepoint",
+      [&config](RetransVariant v) { return LoadAndAttach(config, v); });
+  spdlog::info("tcp_retransmit: attached via {} (failed attempts {})", ToString(variant),
                kernel.reports_errors ? "counted apart" : "not reported by this kernel");
   return std::unique_ptr<RetransProbe>(
-      new RetransProbe(std::move(*skeleton), *variant, kernel.reports_errors));
+      new RetransProbe(std::move(skeleton), variant, kernel.reports_errors));
 }
 
 RetransProbe::RetransProbe(Skeleton skeleton, RetransVariant variant, bool reports_failures)

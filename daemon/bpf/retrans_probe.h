@@ -10,7 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "config/config.h"
+#include "bpf/bpf_skeleton.h"
+#include "bpf/kernel_features.h"
+#include "bpf/probe_options.h"
 #include "retrans/retrans.h"
 
 struct bpf_object;
@@ -62,13 +64,6 @@ enum class RetransVariant {
 };
 std::string_view ToString(RetransVariant variant);
 
-/// What the running kernel's BTF says about the retransmit tracepoints (never version strings).
-struct RetransKernelFeatures {
-  bool tp_btf = false;          // BTF-typed tracepoints exist for tcp_retransmit_{skb,synack}
-  bool reports_errors = false;  // tcp_retransmit_skb carries `err` (6.17+), both hook kinds
-};
-RetransKernelFeatures ProbeRetransKernelFeatures();
-
 /// Picks the variant for `hook`. Returns an error when `hook` forces tp_btf and the kernel has
 /// no BTF-typed tracepoint for it.
 tl::expected<RetransVariant, std::string> ChooseRetransVariant(RetransHook hook,
@@ -80,8 +75,8 @@ tl::expected<RetransVariant, std::string> ChooseRetransVariant(RetransHook hook,
 class RetransProbe final : public RetransSource {
  public:
   /// Opens, configures, loads and attaches. With hook auto, a tp_btf failure falls back to the
-  /// classic tracepoint. Throws std::runtime_error with a one-line reason when nothing attaches.
-  static std::unique_ptr<RetransProbe> Start(const RetransConfig& config);
+  /// classic tracepoint. Throws ProbeError (one line, errno kept) when nothing attaches.
+  static std::unique_ptr<RetransProbe> Start(const RetransProbeOptions& options);
   ~RetransProbe() override;
   RetransProbe(const RetransProbe&) = delete;
   RetransProbe& operator=(const RetransProbe&) = delete;
@@ -98,13 +93,10 @@ class RetransProbe final : public RetransSource {
   tl::expected<uint32_t, std::string> SweepCgroups(const std::function<bool(uint64_t)>& gone);
 
  private:
-  struct SkeletonDeleter {
-    void operator()(retrans_bpf* skeleton) const;
-  };
-  using Skeleton = std::unique_ptr<retrans_bpf, SkeletonDeleter>;
+  using Skeleton = SkeletonPtr<retrans_bpf>;
 
   RetransProbe(Skeleton skeleton, RetransVariant variant, bool reports_failures);
-  static tl::expected<Skeleton, std::string> LoadAndAttach(const RetransConfig& config,
+  static tl::expected<Skeleton, BpfFailure> LoadAndAttach(const RetransProbeOptions& config,
                                                            RetransVariant variant);
 
   Skeleton skeleton_;

@@ -1,7 +1,6 @@
 #include "bpf/sched_probe.h"
 
 #include <bpf/bpf.h>
-#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <spdlog/spdlog.h>
 
@@ -9,9 +8,9 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-#include <fstream>
 
 #include "bpf/map_reader.h"
+#include "bpf/bpf_skeleton.h"
 #include "sched.skel.h"
 
 namespace kpulse {
@@ -19,26 +18,6 @@ namespace kpulse {
 namespace {
 
 std::string Errno(int err) { return std::strerror(err < 0 ? -err : err); }
-
-bool StructHasMember(const btf* vmlinux, const char* type_name, const char* member) {
-  const int id = btf__find_by_name_kind(vmlinux, type_name, BTF_KIND_STRUCT);
-  if (id < 0) return false;
-  const btf_type* type = btf__type_by_id(vmlinux, static_cast<__u32>(id));
-  const btf_member* members = btf_members(type);
-  for (unsigned i = 0; i < btf_vlen(type); ++i) {
-    const char* name = btf__name_by_offset(vmlinux, members[i].name_off);
-    if (name && std::strcmp(name, member) == 0) return true;
-  }
-  return false;
-}
-
-// CONFIG_SCHED_INFO can be compiled in yet idle on old kernels (it needed delayacct or
-// schedstats before 5.14): require the calling thread's own pcount to be moving.
-bool SchedInfoCounting() {
-  std::ifstream file("/proc/thread-self/schedstat");
-  unsigned long long exec_ns = 0, run_delay = 0, pcount = 0;
-  return static_cast<bool>(file >> exec_ns >> run_delay >> pcount) && pcount > 0;
-}
 
 // Slots that get per-CPU histograms within `budget` bytes; the rest share one histogram each.
 uint32_t HotSlots(uint32_t slots, size_t bytes_per_slot, int cpus, size_t budget) {
@@ -50,21 +29,6 @@ uint32_t HotSlots(uint32_t slots, size_t bytes_per_slot, int cpus, size_t budget
 
 std::string_view ToString(SchedVariant variant) {
   return variant == SchedVariant::kSchedInfo ? "sched_info" : "wakeup";
-}
-
-SchedKernelFeatures ProbeSchedKernelFeatures() {
-  SchedKernelFeatures features;
-  if (btf* vmlinux = btf__load_vmlinux_btf()) {
-    // The off-CPU part also reads the run queue clock through task->se.cfs_rq->rq.
-    features.sched_info = StructHasMember(vmlinux, "task_struct", "sched_info") &&
-                          StructHasMember(vmlinux, "sched_entity", "cfs_rq") &&
-                          StructHasMember(vmlinux, "cfs_rq", "rq") && SchedInfoCounting();
-    features.tp_btf =
-        btf__find_by_name_kind(vmlinux, "btf_trace_sched_switch", BTF_KIND_TYPEDEF) >= 0;
-    btf__free(vmlinux);
-  }
-  features.task_storage = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_TASK_STORAGE, nullptr) == 1;
-  return features;
 }
 
 tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
@@ -83,16 +47,17 @@ tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
   return SchedVariant::kWakeup;
 }
 
-void SchedProbe::SkeletonDeleter::operator()(sched_bpf* skeleton) const {
+template <>
+void SkeletonDeleter<sched_bpf>::operator()(sched_bpf* skeleton) const {
   sched_bpf__destroy(skeleton);
 }
 
-tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
+tl::expected<SchedProbe::Skeleton, BpfFailure> SchedProbe::LoadAndAttach(
     const SchedProbeOptions& options, SchedVariant variant) {
-  const RunqueueConfig& runq = options.runqueue;
-  const OffcpuConfig& offcpu = options.offcpu;
+  const RunqueueProbeOptions& runq = options.runqueue;
+  const OffcpuProbeOptions& offcpu = options.offcpu;
   Skeleton skeleton(sched_bpf__open());
-  if (!skeleton) return tl::unexpected("opening the sched BPF object failed: " + Errno(errno));
+  if (!skeleton) return Failed("opening the sched BPF object");
 
   const bool info = variant == SchedVariant::kSchedInfo;
   auto& progs = skeleton->progs;
@@ -108,7 +73,7 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   const uint32_t runq_slots = runq.enabled ? runq.max_cgroups : 1;
   const uint32_t offcpu_slots = offcpu.enabled ? offcpu.max_cgroups : 1;
   const int cpus = libbpf_num_possible_cpus();
-  if (cpus <= 0) return tl::unexpected("counting CPUs failed: " + Errno(cpus));
+  if (cpus <= 0) return Failed("counting CPUs", cpus);
   const uint32_t max_slots = std::max(runq_slots, offcpu_slots);  // one slot table for both
   auto& rodata = *skeleton->rodata;
   rodata.runq_enabled = runq.enabled;
@@ -150,13 +115,13 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
   };
   for (const auto& [map, entries] : sizes) {
     if (int err = bpf_map__set_max_entries(map, entries); err != 0) {
-      return tl::unexpected("sizing " + std::string(bpf_map__name(map)) + " failed: " + Errno(err));
+      return Failed("sizing " + std::string(bpf_map__name(map)), err);
     }
   }
   if (runq.per_cpu) {
     if (int err = bpf_map__set_type(skeleton->maps.runq_hists, BPF_MAP_TYPE_PERCPU_ARRAY);
         err != 0) {
-      return tl::unexpected("making runq_hists per-CPU failed: " + Errno(err));
+      return Failed("making runq_hists per-CPU", err);
     }
     // Every cgroup's histogram then has a copy per possible CPU, outside the per-CPU budget.
     const double mib = static_cast<double>(runq_slots) * cpus * sizeof(sched_hist) / (1 << 20);
@@ -168,19 +133,17 @@ tl::expected<SchedProbe::Skeleton, std::string> SchedProbe::LoadAndAttach(
     }
   }
   if (int err = sched_bpf__load(skeleton.get()); err != 0) {
-    return tl::unexpected("loading the sched BPF programs (" + std::string(ToString(variant)) +
-                          ") failed: " + Errno(err));
+    return Failed("loading the sched BPF programs (" + std::string(ToString(variant)) + ")", err);
   }
   // Every slot starts free, the lowest (per-CPU) on top of the stack.
   const int free_fd = bpf_map__fd(skeleton->maps.free_slots);
   for (uint32_t slot = max_slots; slot-- > 0;) {
     if (bpf_map_update_elem(free_fd, nullptr, &slot, BPF_ANY) != 0) {
-      return tl::unexpected("filling free_slots failed: " + Errno(errno));
+      return Failed("filling free_slots");
     }
   }
   if (int err = sched_bpf__attach(skeleton.get()); err != 0) {
-    return tl::unexpected("attaching the sched BPF programs (" + std::string(ToString(variant)) +
-                          ") failed: " + Errno(err));
+    return Failed("attaching the sched BPF programs (" + std::string(ToString(variant)) + ")", err);
   }
   return skeleton;
 }
@@ -189,23 +152,22 @@ std::unique_ptr<SchedProbe> SchedProbe::Start(const SchedProbeOptions& options) 
   if (!options.runqueue.enabled && !options.offcpu.enabled) {
     throw std::logic_error("SchedProbe::Start with both scheduler probes disabled");
   }
-  auto variant = ChooseSchedVariant(options.hook, ProbeSchedKernelFeatures());
-  if (!variant) throw std::runtime_error("scheduler probes: " + variant.error());
-  auto skeleton = LoadAndAttach(options, *variant);
-  if (!skeleton && options.hook == SchedHook::kAuto && *variant == SchedVariant::kSchedInfo) {
-    spdlog::warn("scheduler probes: {}; falling back to the wakeup hooks", skeleton.error());
-    variant = SchedVariant::kWakeup;
-    skeleton = LoadAndAttach(options, *variant);
-  }
-  if (!skeleton) throw std::runtime_error("scheduler probes: " + skeleton.error());
+  auto chosen = ChooseSchedVariant(options.hook, ProbeSchedKernelFeatures());
+  if (!chosen) throw ProbeError("scheduler probes", BpfFailure{chosen.error()});
+  const bool may_fall_back =
+      options.hook == SchedHook::kAuto && *chosen == SchedVariant::kSchedInfo;
+  auto [variant, skeleton] = LoadWithFallback<SchedVariant, sched_bpf>(
+      "scheduler probes", *chosen,
+      may_fall_back ? std::optional(SchedVariant::kWakeup) : std::nullopt, "the wakeup hooks",
+      [&options](SchedVariant v) { return LoadAndAttach(options, v); });
   spdlog::info(
       "scheduler probes ({}{}{}) attached via {}; per-CPU histograms for the first {} (run "
       "queue) and {} (off-CPU) cgroups",
       options.runqueue.enabled ? "runqueue_latency" : "",
       options.runqueue.enabled && options.offcpu.enabled ? ", " : "",
-      options.offcpu.enabled ? "offcpu" : "", ToString(*variant),
-      (*skeleton)->rodata->runq_hot_slots, (*skeleton)->rodata->offcpu_hot_slots);
-  return std::unique_ptr<SchedProbe>(new SchedProbe(std::move(*skeleton), *variant, options));
+      options.offcpu.enabled ? "offcpu" : "", ToString(variant), skeleton->rodata->runq_hot_slots,
+      skeleton->rodata->offcpu_hot_slots);
+  return std::unique_ptr<SchedProbe>(new SchedProbe(std::move(skeleton), variant, options));
 }
 
 SchedProbe::SchedProbe(Skeleton skeleton, SchedVariant variant, SchedProbeOptions options)

@@ -11,7 +11,9 @@
 #include <utility>
 #include <vector>
 
-#include "config/config.h"
+#include "bpf/bpf_skeleton.h"
+#include "bpf/kernel_features.h"
+#include "bpf/probe_options.h"
 #include "sched/sched.h"
 
 struct bpf_object;
@@ -110,19 +112,9 @@ class OffcpuSource {
 enum class SchedVariant { kSchedInfo, kWakeup };
 std::string_view ToString(SchedVariant variant);
 
-/// What the running kernel offers for the sched_info variant.
-struct SchedKernelFeatures {
-  bool sched_info = false;    // task_struct::sched_info in BTF and /proc/self/schedstat counting
-  bool task_storage = false;  // BPF_MAP_TYPE_TASK_STORAGE
-  bool tp_btf = false;        // BTF-typed sched_switch tracepoint
-};
-SchedKernelFeatures ProbeSchedKernelFeatures();
+/// Picks the variant for `hook`; an error when `hook` forces sched_info and the kernel lacks it.
 tl::expected<SchedVariant, std::string> ChooseSchedVariant(SchedHook hook,
                                                            const SchedKernelFeatures& kernel);
-
-/// Memory per probe for per-CPU histograms (see bpf/sched/sched.h): the first cgroups to get a
-/// slot get per-CPU histograms, updated without atomic adds, while they fit in it.
-inline constexpr size_t kDefaultHotHistogramBytes = size_t{8} << 20;
 
 /// Slots the retired records of removed cgroups may pile up to between snapshots before they are
 /// merged into one record with cgroup id 0 (memory stays bounded when nobody scrapes).
@@ -135,21 +127,13 @@ struct SlotSweep {
   uint32_t owned = 0;        // slots owned by a cgroup after the sweep
 };
 
-/// What the scheduler object should do: either probe may be disabled (not both).
-struct SchedProbeOptions {
-  RunqueueConfig runqueue;
-  OffcpuConfig offcpu;
-  SchedHook hook = SchedHook::kAuto;
-  size_t hot_histogram_bytes = kDefaultHotHistogramBytes;  // 0: every histogram shared
-};
-
 /// Owns the loaded and attached scheduler BPF object (skeleton, maps, links) serving the
 /// run-queue and off-CPU probes; destroying it detaches everything. Not copyable or movable.
 /// Snapshot reads are thread-safe.
 class SchedProbe final : public RunqueueSource, public OffcpuSource {
  public:
   /// Opens, configures, loads, attaches. With hook auto a sched_info failure falls back to the
-  /// wakeup hooks. Throws std::runtime_error with a one-line reason when nothing attaches.
+  /// wakeup hooks. Throws ProbeError (one line, errno kept) when nothing attaches.
   static std::unique_ptr<SchedProbe> Start(const SchedProbeOptions& options);
   ~SchedProbe() override;
   SchedProbe(const SchedProbe&) = delete;
@@ -177,10 +161,7 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   const bpf_object* object() const;
 
  private:
-  struct SkeletonDeleter {
-    void operator()(sched_bpf* skeleton) const;
-  };
-  using Skeleton = std::unique_ptr<sched_bpf, SkeletonDeleter>;
+  using Skeleton = SkeletonPtr<sched_bpf>;
 
   struct RetiringSlot {
     uint64_t cgroup_id;
@@ -188,7 +169,7 @@ class SchedProbe final : public RunqueueSource, public OffcpuSource {
   };
 
   SchedProbe(Skeleton skeleton, SchedVariant variant, SchedProbeOptions options);
-  static tl::expected<Skeleton, std::string> LoadAndAttach(const SchedProbeOptions& options,
+  static tl::expected<Skeleton, BpfFailure> LoadAndAttach(const SchedProbeOptions& options,
                                                            SchedVariant variant);
   /// Owned slots plus the ones being retired: every slot whose histograms count. Requires mu_.
   tl::expected<std::vector<std::pair<uint64_t, uint32_t>>, std::string> CountingSlots() const;

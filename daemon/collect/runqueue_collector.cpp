@@ -43,7 +43,7 @@ ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist) {
 
 RunqueueCollector::RunqueueCollector(const RunqueueSource& source,
                                      std::shared_ptr<const CgroupLabeler> labeler,
-                                     RunqueueConfig config, SeriesPolicy series)
+                                     RunqueueProbeOptions config, SeriesPolicy series)
     : source_(source),
       labeler_(std::move(labeler)),
       config_(std::move(config)),

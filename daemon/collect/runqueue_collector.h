@@ -10,7 +10,7 @@
 #include "cgroup/cgroup_labeler.h"
 #include "collect/cgroup_series.h"
 #include "collect/read_errors.h"
-#include "config/config.h"
+#include "bpf/probe_options.h"
 
 namespace kpulse {
 
@@ -28,13 +28,13 @@ prometheus::ClientMetric::Histogram ToPrometheusHistogram(const sched_hist& hist
 class RunqueueCollector : public prometheus::Collectable {
  public:
   RunqueueCollector(const RunqueueSource& source, std::shared_ptr<const CgroupLabeler> labeler,
-                    RunqueueConfig config, SeriesPolicy series = {});
+                    RunqueueProbeOptions kernel, SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
   const RunqueueSource& source_;
   std::shared_ptr<const CgroupLabeler> labeler_;
-  RunqueueConfig config_;
+  RunqueueProbeOptions config_;  // per_cpu: the probe's histograms are per CPU
   mutable std::mutex mu_;  // a snapshot and its aggregation are one step (retired records)
   mutable CgroupSeries<sched_hist> series_;
   ReadErrors read_errors_{"runqueue_latency", "kpulse_runqueue_read_errors_total"};

@@ -182,6 +182,8 @@ class Parser {
                       {"bpf_stats", [&](const Value& v) { config.bpf_stats = ParseBool(v); }},
                       {"cgroups", [&](const Value& v) { ParseCgroups(v, config.cgroups); }},
                       {"series", [&](const Value& v) { ParseSeries(v, config.series); }},
+                      {"privileges",
+                       [&](const Value& v) { ParsePrivileges(v, config.privileges); }},
                   });
     return config;
   }
@@ -233,6 +235,26 @@ class Parser {
                     {"sweep_interval_seconds",
                      [&](const Value& c) { cgroups.sweep_interval_seconds = ParseUint(c, 1, 3600); }},
                 });
+  }
+
+  void ParsePrivileges(const Value& v, PrivilegesConfig& privileges) const {
+    ParseMap(v, {
+                    {"drop", [&](const Value& c) { privileges.drop = ParseBool(c); }},
+                    {"user", [&](const Value& c) { privileges.user = ParseUserName(c); }},
+                    {"cgroup_file_handles",
+                     [&](const Value& c) { privileges.cgroup_file_handles = ParseBool(c); }},
+                });
+  }
+
+  // A user name as useradd accepts it (Debian's NAME_REGEX, without the trailing $), or "" for
+  // "keep the uid".
+  std::string ParseUserName(const Value& v) const {
+    static const std::regex kUserName("([a-z_][a-z0-9_-]{0,31})?");
+    if (!v.node.IsScalar() || !std::regex_match(v.node.Scalar(), kUserName)) {
+      Fail(v, "must be a user name ([a-z_][a-z0-9_-]*, at most 32 characters), got " +
+                  Describe(v.node));
+    }
+    return v.node.Scalar();
   }
 
   void ParseSeries(const Value& v, SeriesConfig& series) const {

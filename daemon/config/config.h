@@ -19,75 +19,34 @@
 #include <string_view>
 #include <vector>
 
+#include "bpf/probe_options.h"
 #include "http/listen_address.h"
 
 namespace kpulse {
 
-/// Which kernel hook the TCP retransmit probe attaches to. YAML: auto | tp_btf | tracepoint.
-enum class RetransHook {
-  kAuto,   // Probe the kernel at load time: tp_btf where it works, else the classic tracepoint.
-  kTpBtf,  // BTF-typed raw tracepoint only (no tracefs needed).
-  kTracepoint,  // Classic tracepoint only (needs tracefs mounted).
-};
-
-/// How much of a flow's addressing becomes labels. YAML: full | remote | none.
-enum class FlowLabels {
-  kFull,    // Local and remote address and port.
-  kRemote,  // Remote address and port only.
-  kNone,    // No per-flow series; per-cgroup and node totals only.
-};
-
-/// Settings of the TCP retransmit probe (YAML `probes.tcp_retransmit`).
-struct RetransConfig {
+/// Settings of the TCP retransmit probe (YAML `probes.tcp_retransmit`). The base is the kernel
+/// side (a change reloads the probe); the fields here are applied by the next scrape.
+struct RetransConfig : RetransProbeOptions {
   bool enabled = true;
-  bool required = false;  // true: failure to load/attach this probe is fatal at start-up.
-  RetransHook hook = RetransHook::kAuto;
-  uint32_t max_flows = 16384;   // 16..1048576: entries of the BPF LRU flow map.
-  uint32_t max_cgroups = 4096;  // 16..1048576: entries of the per-cgroup map.
-  FlowLabels flow_labels = FlowLabels::kFull;
-  bool fold_ephemeral_ports = true;  // Ports in the ephemeral range become one label value.
-  bool netns_label = false;          // Add the socket's network namespace as a label.
+  bool required = false;     // true: failure to load/attach this probe is fatal at start-up.
+  bool netns_label = false;  // Add the socket's network namespace as a label.
 };
 
-/// How the run-queue latency probe measures. YAML: auto | sched_info | wakeup.
-enum class SchedHook {
-  kAuto,       // sched_info where the kernel has it (and task storage), else wakeup.
-  kSchedInfo,  // One tp_btf/sched_switch program reading the kernel's sched_info accounting.
-  kWakeup,     // raw_tp sched_wakeup/_new + sched_switch with a tid-keyed timestamp map.
+/// Settings of the run-queue latency probe (YAML `probes.runqueue_latency`); the base is the
+/// kernel side.
+struct RunqueueConfig : RunqueueProbeOptions {
+  bool required = false;
+  SchedHook hook = SchedHook::kAuto;  // kernel-side, shared with offcpu (EffectiveSchedHook)
 };
 
-/// Settings of the run-queue latency probe (YAML `probes.runqueue_latency`).
-struct RunqueueConfig {
-  bool enabled = true;
+using OffcpuStacksConfig = OffcpuStackOptions;
+
+/// Settings of the off-CPU (blocked time) probe (YAML `probes.offcpu`); the base is the kernel
+/// side. It shares the sched_switch program with runqueue_latency, so both run the same hook:
+/// when both are enabled and both name a hook other than auto, the hooks must be equal.
+struct OffcpuConfig : OffcpuProbeOptions {
   bool required = false;
   SchedHook hook = SchedHook::kAuto;
-  uint32_t max_cgroups =
-      4096;  // 16..1048576: histogram entries (one per cgroup, x CPUs if per_cpu).
-  uint32_t max_tasks = 65536;  // 1024..4194304: runnable-task timestamps (wakeup hook only).
-  bool per_cpu = false;        // Add a `cpu` label: one histogram per cgroup and CPU.
-};
-
-/// Off-CPU stacks (YAML `probes.offcpu.stacks`): blocked time by kernel (+ user) stack, served
-/// as folded stacks at GET /debug/offcpu. Opt-in.
-struct OffcpuStacksConfig {
-  bool enabled = false;
-  bool user = false;  // also the user stack: a frame-pointer walk at every blocking switch-out
-  uint32_t min_block_us = 1000;  // 0..60000000: shorter blocks get no stack entry.
-  uint32_t max_stacks = 16384;   // 16..1048576: distinct stack traces kept.
-  uint32_t max_entries = 16384;  // 16..1048576: (cgroup, process, state, stacks) aggregates.
-};
-
-/// Settings of the off-CPU (blocked time) probe (YAML `probes.offcpu`). It shares the
-/// sched_switch program with runqueue_latency, so both run the same hook: when both are enabled
-/// and both name a hook other than auto, the hooks must be equal.
-struct OffcpuConfig {
-  bool enabled = true;
-  bool required = false;
-  SchedHook hook = SchedHook::kAuto;
-  uint32_t min_block_us = 0;    // 0..60000000: shorter blocks are not counted at all.
-  uint32_t max_cgroups = 4096;  // 16..1048576: (cgroup, state) histograms.
-  uint32_t max_tasks = 65536;   // 1024..4194304: blocked threads tracked at once (wakeup hook).
-  OffcpuStacksConfig stacks;
 };
 
 /// Settings of the metrics HTTP server (YAML `http`).
@@ -114,6 +73,14 @@ struct SeriesConfig {
   uint32_t idle_ttl_seconds = 600;        // 0..31536000: unchanged series leave /metrics (0: never)
 };
 
+/// What the daemon keeps after every probe is attached (YAML `privileges`; docs/operations.md,
+/// "Privileges"). Read at start-up only: dropped capabilities cannot come back.
+struct PrivilegesConfig {
+  bool drop = true;                 // drop every capability not needed after start-up
+  std::string user;                 // switch to this user after attach (empty: keep the uid)
+  bool cgroup_file_handles = true;  // keep CAP_DAC_READ_SEARCH for O(1) cgroup id -> path
+};
+
 /// A complete, validated configuration. A plain value: copy it, swap it on reload.
 struct Config {
   std::string source;  // The file it came from (or the source name given to ParseConfig).
@@ -124,6 +91,7 @@ struct Config {
   OffcpuConfig offcpu;              // YAML `probes.offcpu`.
   CgroupsConfig cgroups;            // YAML `cgroups`.
   SeriesConfig series;              // YAML `series`.
+  PrivilegesConfig privileges;      // YAML `privileges`.
   // Kernel BPF run-time statistics (run_time_ns) while kpulse runs, for the
   // kpulse_bpf_program_* self-metrics. Costs two clock reads per program run. YAML `bpf_stats`.
   bool bpf_stats = false;

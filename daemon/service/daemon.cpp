@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <system_error>
 
 #include "bpf/libbpf_log.h"
 #include "bpf/retrans_probe.h"
@@ -28,6 +29,7 @@
 #include "http/http_server.h"
 #include "http/metrics_handler.h"
 #include "service/cgroup_sweeper.h"
+#include "service/privileges.h"
 #include "service/systemd_notify.h"
 #include "util/unique_fd.h"
 #include "version.h"
@@ -85,7 +87,7 @@ std::unique_ptr<Probe> StartProbe(const char* name, const ProbeConfig& config,
     probe = Probe::Start(config);
     status.up = true;
     status.hook = std::string(probe->hook());
-  } catch (const std::exception& e) {
+  } catch (const ProbeError& e) {
     if (config.required) throw;
     spdlog::error("{}; continuing without it (probes.{}.required is false)", e.what(), name);
   }
@@ -102,7 +104,7 @@ std::unique_ptr<SchedProbe> StartSchedProbe(const Config& config,
   std::unique_ptr<SchedProbe> probe;
   try {
     probe = SchedProbe::Start({runq, offcpu, EffectiveSchedHook(config)});
-  } catch (const std::exception& e) {
+  } catch (const ProbeError& e) {
     if ((runq.enabled && runq.required) || (offcpu.enabled && offcpu.required)) throw;
     spdlog::error("{}; continuing without runqueue_latency and offcpu (not required)", e.what());
   }
@@ -124,7 +126,7 @@ std::shared_ptr<CgroupResolver> MakeCgroupResolver() {
     auto resolver = std::make_shared<CgroupResolver>(*root);
     spdlog::info("cgroup v2 hierarchy at {}", *root);
     return resolver;
-  } catch (const std::exception& e) {
+  } catch (const std::system_error& e) {
     spdlog::warn("cgroup v2 hierarchy at {} is not usable ({}); cgroup labels will be <unknown>",
                  *root, e.what());
     return nullptr;
@@ -141,6 +143,26 @@ std::shared_ptr<const CgroupLabeler> MakeCgroupLabeler(std::shared_ptr<CgroupRes
 
 SeriesPolicy MakeSeriesPolicy(const SeriesConfig& config) {
   return SeriesPolicy{config.max_series_per_family, std::chrono::seconds(config.idle_ttl_seconds)};
+}
+
+// Every probe is attached and nothing but this thread runs yet (the HTTP server starts after):
+// what is dropped here is gone from every thread the daemon will have. A failed drop may leave
+// the thread half-dropped, so it is fatal.
+void DropPrivilegesAfterAttach(const Config& config, bool have_resolver) {
+  const PrivilegesConfig& privileges = config.privileges;
+  if (!privileges.drop) {
+    spdlog::warn("privileges.drop is false: kpulse keeps every capability it started with");
+    return;
+  }
+  PrivilegeNeeds needs;
+  needs.cgroup_file_handles = have_resolver && privileges.cgroup_file_handles;
+  needs.reload_attach = false;  // SIGHUP reload is not implemented: a restart applies changes
+  needs.symbolize_user_stacks =
+      config.offcpu.enabled && config.offcpu.stacks.enabled && config.offcpu.stacks.user;
+  needs.user = privileges.user;
+  auto dropped = DropPrivileges(PlanPrivileges(needs));
+  if (!dropped) throw std::runtime_error("dropping privileges failed: " + dropped.error().message);
+  LogDroppedPrivileges(*dropped);
 }
 
 }  // namespace
@@ -192,6 +214,7 @@ int RunDaemon(const Config& config, const WebConfig& web) {
   metrics.Add(std::make_shared<BpfProgramCollector>(std::move(objects)));
   metrics.Add(std::make_shared<SelfCollector>(statuses));
   metrics.Add(sweeper);
+  DropPrivilegesAfterAttach(config, resolver != nullptr);
 
   HttpServer::Options options;
   options.listen = config.http.listen_addresses;

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "config/config.h"
 #include "bench_util.h"
 #include "bpf/sched_probe.h"
 #include "cgroup/cgroup_resolver.h"

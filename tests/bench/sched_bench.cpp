@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "config/config.h"
 #include "bench_util.h"
 #include "bpf/sched_probe.h"
 #include "collect/bpf_program_collector.h"

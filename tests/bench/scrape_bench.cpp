@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "config/config.h"
 #include "bpf/retrans_probe.h"
 #include "bpf/sched_probe.h"
 #include "collect/offcpu_collector.h"

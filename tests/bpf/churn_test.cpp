@@ -24,6 +24,7 @@
 #include <set>
 #include <thread>
 
+#include "config/config.h"
 #include "bpf/retrans_probe.h"
 #include "bpf/sched_probe.h"
 #include "cgroup/cgroup_labeler.h"

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <thread>
 
+#include "config/config.h"
 #include "bpf/sched_probe.h"
 #include "collect/offcpu_collector.h"
 #include "debug/offcpu_stacks.h"

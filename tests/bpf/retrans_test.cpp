@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "config/config.h"
 #include "bpf/retrans_probe.h"
 #include "collect/retrans_collector.h"
 #include "test_env.h"

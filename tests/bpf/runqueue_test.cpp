@@ -19,6 +19,7 @@
 #include <set>
 #include <thread>
 
+#include "config/config.h"
 #include "bpf/sched_probe.h"
 #include "collect/bpf_program_collector.h"
 #include "collect/runqueue_collector.h"

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 
+#include "config/config.h"
 #include "bpf/sched_probe.h"
 #include "test_env.h"
 

@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "../bpf/test_env.h"
+#include "service/privileges.h"
 
 namespace kpulse {
 namespace {
@@ -133,6 +134,7 @@ class Process {
       waitpid(pid_, nullptr, 0);
     }
   }
+  pid_t pid() const { return pid_; }
   /// Sends `signal` and waits up to `timeout` for the exit code (-1 on timeout).
   int Stop(int signal, std::chrono::milliseconds timeout) {
     kill(pid_, signal);
@@ -528,6 +530,73 @@ TEST(KpulseCommandLine, PrintsVersion) {
   const RunResult result = RunCommand(std::string(KPULSE_BINARY) + " --version");
   EXPECT_EQ(result.exit_code, 0);
   EXPECT_THAT(result.output, HasSubstr("kpulse 0."));
+}
+
+// The capabilities docs/operations.md ("Privileges after start-up") says a configuration keeps:
+// the `kept:` cell of the row whose first cell contains `row`.
+std::vector<cap_value_t> DocumentedKeptCaps(const std::string& row) {
+  const std::string doc = ReadFile(fs::path(KPULSE_SOURCE_DIR) / "docs/operations.md");
+  std::istringstream lines(doc);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t kept = line.find("| kept: ");
+    if (line.rfind("| ", 0) != 0 || kept == std::string::npos) continue;
+    if (line.substr(0, kept).find(row) == std::string::npos) continue;
+    std::string names = line.substr(kept + 8);
+    names = names.substr(0, names.find(" |"));
+    std::vector<cap_value_t> caps;
+    if (names == "none") return caps;
+    std::istringstream list(names);
+    for (std::string name; std::getline(list, name, ',');) {
+      cap_value_t cap = 0;
+      EXPECT_EQ(cap_from_name(name.c_str(), &cap), 0) << "docs name an unknown capability " << name;
+      caps.push_back(cap);
+    }
+    return caps;
+  }
+  ADD_FAILURE() << "docs/operations.md has no `kept:` row for " << row;
+  return {};
+}
+
+// Every thread of the running daemon, after READY=1 and a scrape (the HTTP threads exist), holds
+// exactly what docs/operations.md says.
+void ExpectThreadsHoldExactly(pid_t pid, const std::vector<cap_value_t>& kept) {
+  const auto threads = ReadThreadCaps(pid);
+  ASSERT_TRUE(threads.has_value()) << threads.error().message;
+  EXPECT_GE(threads->size(), 2u) << "the HTTP server's threads should be running";
+  const uint64_t mask = CapMask(kept);
+  for (const ThreadCaps& thread : *threads) {
+    SCOPED_TRACE("tid " + std::to_string(thread.tid));
+    EXPECT_EQ(thread.eff, mask);
+    EXPECT_EQ(thread.prm, mask);
+    EXPECT_EQ(thread.inh, 0u);
+    EXPECT_EQ(thread.amb, 0u);
+    EXPECT_EQ(thread.bnd, mask) << "started as root (CAP_SETPCAP): the bounding set is cut too";
+    EXPECT_TRUE(thread.no_new_privs);
+  }
+}
+
+TEST_F(DaemonE2eTest, PrivilegesAfterStartupAreWhatTheDocsSayInEveryThread) {
+  const uint16_t port = StartDaemon(kBaseConfig);
+  ASSERT_NE(port, 0);
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/metrics"), HasSubstr("kpulse_probe_up"));
+  ExpectThreadsHoldExactly(daemon_->pid(), DocumentedKeptCaps("default"));
+}
+
+TEST_F(DaemonE2eTest, PrivilegesAfterStartupWithoutFileHandlesKeepNothingAndStillNameCgroups) {
+  test::TestCgroup cgroup("privwalk");
+  BusyInCgroup busy(cgroup);  // gives the cgroup run-queue and off-CPU samples to label
+  const uint16_t port =
+      StartDaemon(std::string(kBaseConfig) + "privileges:\n  cgroup_file_handles: false\n");
+  ASSERT_NE(port, 0);
+  std::string page;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    page = HttpGet("127.0.0.1", port, "/metrics");
+    if (page.find("cgroup=\"" + cgroup.path() + "\"") != std::string::npos) break;
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_THAT(page, HasSubstr("cgroup=\"" + cgroup.path() + "\""))
+      << "without CAP_DAC_READ_SEARCH the resolver walks the tree: the cgroup is still named";
+  ExpectThreadsHoldExactly(daemon_->pid(), DocumentedKeptCaps("cgroup_file_handles: false"));
 }
 
 }  // namespace

@@ -421,7 +421,7 @@ TEST(ConfigErrors, StrayCommaInSecondDocumentIsASyntaxError) {
 
 TEST(ConfigErrors, UnknownTopLevelKey) {
   EXPECT_EQ(ErrorOf("log_level: info\nloglevel: debug\n"),
-            "test.yaml:2:1: loglevel: unknown key (known: log_level, http, probes, bpf_stats, cgroups, series)");
+            "test.yaml:2:1: loglevel: unknown key (known: log_level, http, probes, bpf_stats, cgroups, series, privileges)");
 }
 
 TEST(ConfigErrors, UnknownHttpKey) {
@@ -702,6 +702,40 @@ TEST(ConfigFile, OversizedFileIsRejected) {
   } catch (const ConfigError& e) {
     EXPECT_EQ(std::string(e.what()),
               "cannot read config file '" + file.path() + "': larger than 1048576 bytes");
+  }
+}
+
+}  // namespace
+}  // namespace kpulse
+
+namespace kpulse {
+namespace {
+
+TEST(ConfigPrivileges, DefaultsDropAndKeepFileHandlesWithoutAUserSwitch) {
+  const Config config = ParseConfig("", "test.yaml");
+  EXPECT_TRUE(config.privileges.drop);
+  EXPECT_TRUE(config.privileges.cgroup_file_handles);
+  EXPECT_EQ(config.privileges.user, "");
+  EXPECT_EQ(ParseConfig("privileges:\n  user: \"\"\n", "test.yaml").privileges.user, "")
+      << "an empty user (the shipped config's) keeps the uid";
+}
+
+TEST(ConfigPrivileges, ParsesEveryField) {
+  const Config config = ParseConfig(
+      "privileges:\n  drop: false\n  user: kpulse\n  cgroup_file_handles: false\n", "test.yaml");
+  EXPECT_FALSE(config.privileges.drop);
+  EXPECT_EQ(config.privileges.user, "kpulse");
+  EXPECT_FALSE(config.privileges.cgroup_file_handles);
+}
+
+TEST(ConfigPrivileges, ABadUserNameIsOneLineWithFileLineAndKey) {
+  try {
+    ParseConfig("privileges:\n  user: \"root; rm\"\n", "test.yaml");
+    FAIL() << "accepted a bad user name";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "test.yaml:2:9: privileges.user: must be a user name ([a-z_][a-z0-9_-]*, at most 32 "
+              "characters), got \"root; rm\"");
   }
 }
 

@@ -1,3 +1,4 @@
+#include "config/config.h"
 #include "collect/runqueue_collector.h"
 
 #include <gmock/gmock.h>
