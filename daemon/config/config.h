@@ -54,7 +54,7 @@ struct HttpConfig {
   // Never empty and without duplicates (compared by text as written). Default: "127.0.0.1:10136".
   std::vector<ListenAddress> listen_addresses;
   uint32_t connection_timeout_seconds = 10;  // 1..300: idle/slow connections are closed after this.
-  uint32_t max_connections = 64;             // 1..4096: concurrent connections accepted.
+  uint32_t max_connections = 512;            // 1..4096: concurrent connections accepted.
 };
 
 /// Which cgroups get series of their own, and how often removed cgroups' kernel state is given

@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <charconv>
+#include <condition_variable>
+#include <mutex>
 #include <fstream>
 #include <thread>
 
@@ -132,7 +134,14 @@ HttpResponse OffcpuStacksEndpoint::Render(const HttpRequest& request) const {
   if (seconds > 0) {
     // A window: what accumulated during it (kernel counters are never reset).
     StackTotals before = ByKey(std::move(stacks));
-    std::this_thread::sleep_for(std::chrono::seconds(seconds));
+    // Cut short when the server stops (SIGTERM): the daemon exits within 2 s, not after the window.
+    std::mutex mu;
+    std::condition_variable_any wake;
+    std::unique_lock lock(mu);
+    if (wake.wait_for(lock, request.stop, std::chrono::seconds(seconds), [] { return false; }),
+        request.stop.stop_requested()) {
+      return TextResponse(503, "kpulse is stopping; the window was cut short\n");
+    }
     auto second = source_.OffcpuStacksNow();
     if (!second) return TextResponse(500, second.error() + "\n");
     stacks.clear();

@@ -38,6 +38,9 @@ namespace kpulse {
 
 namespace {
 
+// /debug/offcpu?seconds=N requests served at once (each holds a thread for the window).
+constexpr unsigned kMaxConcurrentDebugWindows = 4;
+
 // Owns the signalfd that replaces asynchronous signal handlers.
 class SignalFd {
  public:
@@ -225,9 +228,10 @@ int RunDaemon(const Config& config, const WebConfig& web) {
   server.Route("/metrics",
                [&metrics](const HttpRequest& request) { return metrics.Render(request); });
   if (offcpu_stacks) {
+    // Windows hold a thread each for up to 60 s: a few at a time (503 beyond), never the scrape's.
     server.Route("/debug/offcpu", [&offcpu_stacks](const HttpRequest& request) {
       return offcpu_stacks->Render(request);
-    });
+    }, RouteOptions{kMaxConcurrentDebugWindows});
   }
   server.Route("/healthz", [](const HttpRequest&) {
     return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"};
@@ -278,6 +282,10 @@ int RunDaemon(const Config& config, const WebConfig& web) {
     }
   }
   systemd.Stopping();
+  // Running /debug/offcpu windows see the stop and return; in-flight scrapes finish.
+  if (!server.Stop(std::chrono::milliseconds(1500))) {
+    spdlog::warn("stopping: a handler did not finish within 1.5 s and was answered 503");
+  }
   return 0;  // server, collectors and probes are destroyed in reverse order: links detach
 }
 

@@ -600,5 +600,32 @@ TEST_F(DaemonE2eTest, PrivilegesAfterStartupWithoutFileHandlesKeepNothingAndStil
   ExpectThreadsHoldExactly(daemon_->pid(), DocumentedKeptCaps("cgroup_file_handles: false"));
 }
 
+// SIGTERM while /debug/offcpu?seconds=30 windows run: they are cut short (503), the daemon exits
+// 0 within 2 s; a fifth window beyond the four allowed at once is 503 at once, and a scrape
+// meanwhile is answered.
+TEST_F(DaemonE2eTest, SigtermCutsDebugWindowsShortAndExitsWithinTwoSeconds) {
+  const uint16_t port = StartDaemon(std::string(kBaseConfig) +
+                                    "probes:\n  offcpu:\n    stacks:\n      enabled: true\n");
+  ASSERT_NE(port, 0);
+  std::vector<std::thread> windows;
+  std::vector<std::string> answers(4);
+  for (size_t i = 0; i < answers.size(); ++i) {
+    windows.emplace_back(
+        [&, i] { answers[i] = HttpGet("127.0.0.1", port, "/debug/offcpu?seconds=30"); });
+  }
+  std::this_thread::sleep_for(500ms);  // all four are in their window
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/debug/offcpu?seconds=30"), HasSubstr("too many concurrent requests"))
+      << "a fifth concurrent window is refused";
+  const auto scrape_start = std::chrono::steady_clock::now();
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/metrics"), HasSubstr("kpulse_probe_up"));
+  EXPECT_LT(std::chrono::steady_clock::now() - scrape_start, 1s);
+  const auto stop_start = std::chrono::steady_clock::now();
+  EXPECT_EQ(daemon_->Stop(SIGTERM, 2s), 0) << "no clean exit within 2 s of SIGTERM";
+  const auto took = std::chrono::steady_clock::now() - stop_start;
+  for (auto& window : windows) window.join();
+  EXPECT_LT(took, 2s);
+  for (const std::string& answer : answers) EXPECT_THAT(answer, HasSubstr("cut short"));
+}
+
 }  // namespace
 }  // namespace kpulse

@@ -113,7 +113,7 @@ TEST(ConfigDefaults, DefaultConfigMatchesDocumentedValues) {
   EXPECT_EQ(config.http.listen_addresses[0].text, "127.0.0.1:10136");
   EXPECT_EQ(config.http.listen_addresses[0].family(), AF_INET);
   EXPECT_EQ(config.http.connection_timeout_seconds, 10u);
-  EXPECT_EQ(config.http.max_connections, 64u);
+  EXPECT_EQ(config.http.max_connections, 512u);
   EXPECT_TRUE(config.tcp_retransmit.enabled);
   EXPECT_FALSE(config.tcp_retransmit.required);
   EXPECT_EQ(config.tcp_retransmit.hook, RetransHook::kAuto);
