@@ -66,7 +66,9 @@ struct Listener {
 
 // A request whose handler runs on a thread of its own while its connection is suspended.
 // Exactly one of the handler thread (kDone) or Stop() (kAbandoned) answers it and resumes the
-// connection, under `mutex`; the access handler then queues `response`.
+// connection, under `mutex`; the access handler then queues `response`. It stays in the
+// server's `pending` set until libmicrohttpd reports the request completed (answer sent or
+// connection broken), so Stop() can let the answers go out before closing the connections.
 struct Pending {
   enum class Phase { kRunning, kDone, kAbandoned };
   std::mutex mutex;
@@ -96,9 +98,9 @@ struct HttpServerState {
 
   std::stop_source stop;  // Requested by Stop(); handed to handlers as HttpRequest::stop.
   std::mutex mutex;       // Guards stopping, pending and handlers_running.
-  std::condition_variable handlers_done;
+  std::condition_variable handlers_done;  // Notified when either of the two below shrinks.
   bool stopping = false;
-  std::set<std::shared_ptr<Pending>> pending;
+  std::set<std::shared_ptr<Pending>> pending;  // Handed to a handler thread, not completed yet.
   unsigned handlers_running = 0;
 
   mutable std::mutex stats_mutex;  // Guards requests and latency of `stats`.
@@ -142,6 +144,10 @@ constexpr int kListenBacklog = 128;
 
 // How long a connection over max_connections may take to send its request (and get 503).
 constexpr unsigned kOverLimitTimeoutSeconds = 1;
+// How long Stop() gives the event loops to send the answers of the last requests once every one
+// is answered, beyond `grace` if that is spent: a page of a few MB to a local scraper takes
+// milliseconds.
+constexpr std::chrono::milliseconds kStopFlushTime{250};
 
 // How often the request deadline is checked.
 constexpr auto kSweepInterval = std::chrono::milliseconds(200);
@@ -492,10 +498,16 @@ void OnConnection(void* cls, MHD_Connection* connection, void** socket_context,
 // connection broke. Frees the request's state and restarts the connection's request deadline.
 void OnRequestCompleted(void* cls, MHD_Connection* connection, void** request_state,
                         MHD_RequestTerminationCode /*code*/) {
-  delete static_cast<RequestContext*>(*request_state);
+  auto& state = *static_cast<HttpServerState*>(cls);
+  auto* context = static_cast<RequestContext*>(*request_state);
+  if (context != nullptr && context->pending != nullptr) {
+    const std::lock_guard lock(state.mutex);
+    state.pending.erase(context->pending);
+    state.handlers_done.notify_all();
+  }
+  delete context;
   *request_state = nullptr;
   if (ConnectionState* open = SocketContext(connection)) {
-    const auto& state = *static_cast<const HttpServerState*>(cls);
     SetDeadline(*open,
                 open->over_limit ? std::chrono::seconds(kOverLimitTimeoutSeconds) : state.timeout);
     open->in_request = false;
@@ -561,7 +573,6 @@ void RunPending(std::shared_ptr<HttpServerState> state, std::shared_ptr<Pending>
     }
   }
   const std::lock_guard lock(state->mutex);
-  state->pending.erase(pending);
   --state->handlers_running;
   state->handlers_done.notify_all();
 }
@@ -876,10 +887,11 @@ bool HttpServer::Stop(std::chrono::milliseconds grace) {
   if (stopped_) return true;
   stopped_ = true;
   state_->stop.request_stop();
+  const Clock::time_point stop_deadline = Clock::now() + grace;
   std::unique_lock lock(state_->mutex);
   state_->stopping = true;  // New requests get 503 (StartPending).
-  const bool all_returned =
-      state_->handlers_done.wait_for(lock, grace, [this] { return state_->handlers_running == 0; });
+  const bool all_returned = state_->handlers_done.wait_until(
+      lock, stop_deadline, [this] { return state_->handlers_running == 0; });
   // libmicrohttpd must not be stopped with a connection suspended: answer the requests whose
   // handlers are still running and resume their connections.
   for (const std::shared_ptr<Pending>& pending : state_->pending) {
@@ -894,6 +906,14 @@ bool HttpServer::Stop(std::chrono::milliseconds grace) {
   if (!all_returned) {
     spdlog::warn("HTTP: {} handler(s) still running {} ms after the stop request",
                  state_->handlers_running, grace.count());
+  }
+  // Every pending request is answered now; let the event loops send the answers before the
+  // daemons close the connections (a scrape that finished must not lose its page).
+  const bool all_sent =
+      state_->handlers_done.wait_until(lock, std::max(stop_deadline, Clock::now() + kStopFlushTime),
+                                       [this] { return state_->pending.empty(); });
+  if (!all_sent) {
+    spdlog::warn("HTTP: {} answer(s) not sent when the server stopped", state_->pending.size());
   }
   lock.unlock();
   if (state_->sweeper.joinable()) {

@@ -157,8 +157,9 @@ class HttpServer {
   /// Stops serving, in bounded time: requests `HttpRequest::stop` of every running handler,
   /// answers new requests 503, waits up to `grace` for the running handlers to return, then
   /// answers the requests of those still running 503 (their handlers' answers are dropped when
-  /// they come), closes every connection and stops listening. Returns whether every handler
-  /// had returned within `grace`. Later calls do nothing and return true.
+  /// they come), lets the answers go out (until `grace` ends, or 250 ms if it has), closes
+  /// every connection and stops listening. Returns whether every handler had returned within
+  /// `grace`. Later calls do nothing and return true.
   bool Stop(std::chrono::milliseconds grace = std::chrono::milliseconds(1000));
 
  private:

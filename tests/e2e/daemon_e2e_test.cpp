@@ -380,14 +380,14 @@ TEST_F(DaemonE2eTest, SystemdAndKubepodsCgroupsGetUnitContainerPodAndQosLabels) 
   BusyInCgroup in_service(service), in_scope(scope), in_fs_container(fs_container);
 
   // Labels that do not apply are left out (Prometheus reads an empty label as absent).
-  const std::vector<std::string> service_labels = {
-      "cgroup=\"" + service.path() + "\"", "unit=\"kpulse-e2e-web.service\""};
+  const std::vector<std::string> service_labels = {"cgroup=\"" + service.path() + "\"",
+                                                   "unit=\"kpulse-e2e-web.service\""};
   const std::vector<std::string> scope_labels = {
       "cgroup=\"" + scope.path() + "\"", "unit=\"cri-containerd-" + container + ".scope\"",
       "container_id=\"" + container + "\"", "pod_uid=\"" + uid + "\"", "qos=\"burstable\""};
-  const std::vector<std::string> fs_labels = {
-      "cgroup=\"" + fs_container.path() + "\"", "container_id=\"" + other_container + "\"", "pod_uid=\"" + uid + "\"",
-      "qos=\"besteffort\""};
+  const std::vector<std::string> fs_labels = {"cgroup=\"" + fs_container.path() + "\"",
+                                              "container_id=\"" + other_container + "\"",
+                                              "pod_uid=\"" + uid + "\"", "qos=\"besteffort\""};
   std::string page;
   for (int attempt = 0; attempt < 50; ++attempt) {
     page = HttpGet("127.0.0.1", port, "/metrics");
@@ -400,11 +400,13 @@ TEST_F(DaemonE2eTest, SystemdAndKubepodsCgroupsGetUnitContainerPodAndQosLabels) 
   }
   for (const auto* labels : {&service_labels, &scope_labels, &fs_labels}) {
     EXPECT_GT(SumSamples(page, "kpulse_offcpu_seconds_total", *labels), 0)
-        << ::testing::PrintToString(*labels) << "\n" << page;
+        << ::testing::PrintToString(*labels) << "\n"
+        << page;
     EXPECT_GT(SumSamples(page, "kpulse_runqueue_latency_seconds_count", *labels), 0)
         << ::testing::PrintToString(*labels);
   }
-  // ... and never guessed: the service has no container or pod labels, the cgroupfs container no unit.
+  // ... and never guessed: the service has no container or pod labels, the cgroupfs container no
+  // unit.
   std::istringstream lines(page);
   for (std::string line; std::getline(lines, line);) {
     if (line.find("cgroup=\"" + service.path() + "\"") != std::string::npos) {
@@ -481,15 +483,37 @@ TEST_F(DaemonE2eTest, DebugOffcpuServesFoldedStacksOnlyWhenEnabled) {
   EXPECT_THAT(HttpGet("127.0.0.1", off, "/debug/offcpu"), HasSubstr("stacks are off"));
   EXPECT_EQ(daemon_->Stop(SIGTERM, 10s), 0);
 
+  const auto daemon_started = std::chrono::steady_clock::now();
   const uint16_t on = StartDaemon(std::string(kBaseConfig) +
                                   "probes:\n  offcpu:\n    stacks:\n      enabled: true\n");
   ASSERT_NE(on, 0);
-  std::this_thread::sleep_for(500ms);  // let some threads of this host block and wake
+  std::this_thread::sleep_for(500ms);  // The truth: this thread sleeps at least 500 ms.
   const std::string folded = HttpGet("127.0.0.1", on, "/debug/offcpu?state=sleep");
-  // Folded lines: "process;frame;...;frame <microseconds>"; kernel frames end in the scheduler.
-  // A process name may hold spaces ("[pid 3445]" for one that exited, or its comm).
+  const double wall_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - daemon_started)
+          .count();
+  // Folded lines: "process;frame;...;frame <microseconds>". A process name may hold spaces
+  // ("[pid 3445]" for one that exited, or its comm).
   EXPECT_THAT(folded, ::testing::ContainsRegex("^[^;\n]+(;[^;\n]+)+ [0-9]+\n"));
-  EXPECT_THAT(folded, HasSubstr("schedule"));
+  // This process's sleeps since the probe attached: the 500 ms nap, plus any of StartDaemon's
+  // polling naps above the stack threshold, all in clock_nanosleep. At least the nap (less
+  // 1 ms for the syscall's way from arming the timer to switching out), at most the wall time
+  // since StartDaemon began. The innermost frames are the syscall's own, not the scheduler's.
+  double slept_us = 0;
+  std::istringstream lines(folded);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.starts_with("kpulse_e2e_test;") || line.find("clock_nanosleep") == line.npos) {
+      continue;
+    }
+    const size_t value = line.rfind(' ');
+    const std::string innermost =
+        line.substr(line.rfind(';', value) + 1, value - line.rfind(';', value) - 1);
+    EXPECT_NE(innermost, "schedule") << line;
+    EXPECT_NE(innermost, "__schedule") << line;
+    slept_us += std::stod(line.substr(value + 1));
+  }
+  EXPECT_GE(slept_us, 499'000.0) << folded;
+  EXPECT_LE(slept_us, wall_us) << folded;
   EXPECT_THAT(HttpGet("127.0.0.1", on, "/debug/offcpu?state=bogus"), HasSubstr("state must be"));
 }
 
@@ -614,7 +638,8 @@ TEST_F(DaemonE2eTest, SigtermCutsDebugWindowsShortAndExitsWithinTwoSeconds) {
         [&, i] { answers[i] = HttpGet("127.0.0.1", port, "/debug/offcpu?seconds=30"); });
   }
   std::this_thread::sleep_for(500ms);  // all four are in their window
-  EXPECT_THAT(HttpGet("127.0.0.1", port, "/debug/offcpu?seconds=30"), HasSubstr("too many concurrent requests"))
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/debug/offcpu?seconds=30"),
+              HasSubstr("too many concurrent requests"))
       << "a fifth concurrent window is refused";
   const auto scrape_start = std::chrono::steady_clock::now();
   EXPECT_THAT(HttpGet("127.0.0.1", port, "/metrics"), HasSubstr("kpulse_probe_up"));
