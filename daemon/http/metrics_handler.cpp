@@ -4,9 +4,12 @@
 #include <prometheus/text_serializer.h>
 
 #include <algorithm>
+#include <functional>
 #include <future>
 #include <iterator>
+#include <mutex>
 #include <ostream>
+#include <shared_mutex>
 #include <stdexcept>
 #include <streambuf>
 #include <string>
@@ -169,10 +172,32 @@ size_t RenderWorkers() {
 
 void MetricsEndpoint::Add(std::shared_ptr<prometheus::Collectable> collectable) {
   if (!collectable) throw std::invalid_argument("MetricsEndpoint::Add: null collectable");
+  const auto lock = LockExclusive();
   collectables_.push_back(std::move(collectable));
 }
 
-HttpResponse MetricsEndpoint::Render(const HttpRequest& /*request*/) const {
+void MetricsEndpoint::Remove(const prometheus::Collectable* collectable) {
+  const auto lock = LockExclusive();
+  std::erase_if(collectables_,
+                [collectable](const auto& held) { return held.get() == collectable; });
+}
+
+void MetricsEndpoint::Atomically(const std::function<void()>& change) {
+  const auto lock = LockExclusive();
+  change();
+}
+
+std::unique_lock<std::shared_mutex> MetricsEndpoint::LockExclusive() {
+  // Holding the turnstile keeps new scrapes out while the running ones finish: glibc's
+  // rwlock prefers readers, and overlapping scrapes would starve a reload forever.
+  const std::lock_guard turnstile(turnstile_);
+  return std::unique_lock(mutex_);
+}
+
+std::vector<std::vector<prometheus::MetricFamily>> MetricsEndpoint::CollectAll() const {
+  std::unique_lock turnstile(turnstile_);
+  const std::shared_lock lock(mutex_);
+  turnstile.unlock();
   // Collectors are independent (each reads its own maps): run them at once.
   std::vector<std::future<std::vector<prometheus::MetricFamily>>> collected;
   for (size_t i = 1; i < collectables_.size(); ++i) {
@@ -182,6 +207,11 @@ HttpResponse MetricsEndpoint::Render(const HttpRequest& /*request*/) const {
   std::vector<std::vector<prometheus::MetricFamily>> parts;
   if (!collectables_.empty()) parts.push_back(collectables_.front()->Collect());
   for (auto& part : collected) parts.push_back(part.get());
+  return parts;
+}
+
+HttpResponse MetricsEndpoint::Render(const HttpRequest& /*request*/) const {
+  std::vector<std::vector<prometheus::MetricFamily>> parts = CollectAll();
 
   // Several probes may report into one family (e.g. kpulse_bpf_map_entries{map}); a second
   // "# TYPE" line for a name is a parse error, so families with the same name are merged.

@@ -5,7 +5,10 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,17 +37,31 @@ size_t RenderWorkers();
 /// the collectables were added. Families with the same name from different collectables are
 /// merged into one (the first one's HELP and TYPE win).
 ///
-/// Ownership: shares ownership of the collectables. Thread safety: Add() is for start-up and
-/// must not run concurrently with Render(); Render() is safe to call from many threads at once
-/// as long as every collectable's Collect() is. A Collect() that throws fails the whole scrape
-/// (the HTTP server answers 500) rather than serving a page with families missing.
+/// Ownership: shares ownership of the collectables. Thread safety: every member may be called
+/// from any thread. Render() collects under a shared lock, so scrapes run at once with each
+/// other (as long as every collectable's Collect() is thread-safe) but never with Add(),
+/// Remove() or Atomically(): a scrape sees a reload's changes all or not at all, and once
+/// Remove() returns no scrape still uses the removed collectable. A Collect() that throws fails
+/// the whole scrape (the HTTP server answers 500) rather than serving a page with families
+/// missing.
 class MetricsEndpoint {
  public:
   void Add(std::shared_ptr<prometheus::Collectable> collectable);
+  /// Takes `collectable` out (no-op if absent); waits for scrapes collecting from it.
+  void Remove(const prometheus::Collectable* collectable);
+  /// Runs `change` while no scrape collects (e.g. reconfiguring several collectors).
+  void Atomically(const std::function<void()>& change);
 
   HttpResponse Render(const HttpRequest& request) const;
 
  private:
+  std::vector<std::vector<prometheus::MetricFamily>> CollectAll() const;
+
+  std::unique_lock<std::shared_mutex> LockExclusive();
+
+  mutable std::mutex turnstile_;     // Taken to acquire mutex_, so that a writer waits only
+                                     // for the scrapes already collecting.
+  mutable std::shared_mutex mutex_;  // Guards collectables_: shared while collecting.
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   // The last page's size: the next page's buffer is reserved at once instead of growing.
   mutable std::atomic<size_t> last_page_bytes_{0};

@@ -448,6 +448,83 @@ TEST(MetricsEndpoint, MergesSameNamedFamiliesFromTwoCollectables) {
   EXPECT_NE(body.find("kpulse_test_map_entries{map=\"b\"} 2\n"), std::string::npos) << body;
 }
 
+// A collectable reporting two gauges that a "reload" changes together; Collect() sleeps between
+// reading them, so a change that did not wait for scrapes would show up as a mixed page.
+class PairCollectable : public prometheus::Collectable {
+ public:
+  void Set(int value) {
+    first_ = value;
+    second_ = value;
+  }
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    ++collecting_;
+    const int first = first_;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const int second = second_;
+    --collecting_;
+    return {Gauge("kpulse_test_first", first), Gauge("kpulse_test_second", second)};
+  }
+  mutable std::atomic<int> collecting_ = 0;
+
+ private:
+  static prometheus::MetricFamily Gauge(const std::string& name, int value) {
+    prometheus::ClientMetric metric;
+    metric.gauge.value = value;
+    return {name, "Test.", prometheus::MetricType::Gauge, {metric}};
+  }
+  std::atomic<int> first_ = 0;
+  std::atomic<int> second_ = 0;
+};
+
+TEST(MetricsEndpoint, AScrapeSeesAnAtomicChangeWhollyOrNotAtAll) {
+  auto pair = std::make_shared<PairCollectable>();
+  MetricsEndpoint metrics;
+  metrics.Add(pair);
+  std::atomic<bool> done = false;
+  std::atomic<int> mixed = 0, pages = 0;
+  std::vector<std::thread> scrapers;
+  for (int i = 0; i < 3; ++i) {
+    scrapers.emplace_back([&] {
+      while (!done) {
+        const std::string body = metrics.Render(HttpRequest{}).body;
+        const auto value = [&body](const std::string& name) {
+          const size_t at = body.find("\n" + name + " ");
+          return at == std::string::npos
+                     ? std::string("?")
+                     : body.substr(at + name.size() + 2,
+                                   body.find('\n', at + 1) - at - name.size() - 2);
+        };
+        if (value("kpulse_test_first") != value("kpulse_test_second")) ++mixed;
+        ++pages;
+      }
+    });
+  }
+  for (int change = 1; change <= 200; ++change) {
+    metrics.Atomically([&] {
+      EXPECT_EQ(pair->collecting_, 0) << "a change ran while a scrape collected";
+      pair->Set(change);
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  done = true;
+  for (auto& scraper : scrapers) scraper.join();
+  EXPECT_GT(pages, 20) << "the scrapers must overlap the changes for this to prove anything";
+  EXPECT_EQ(mixed, 0) << "of " << pages << " pages";
+}
+
+TEST(MetricsEndpoint, RemoveWaitsForTheScrapeCollectingAndDropsTheFamilies) {
+  auto pair = std::make_shared<PairCollectable>();
+  MetricsEndpoint metrics;
+  metrics.Add(pair);
+  std::thread scrape([&metrics] { metrics.Render(HttpRequest{}); });
+  while (pair->collecting_ == 0) std::this_thread::yield();
+  metrics.Remove(pair.get());
+  EXPECT_EQ(pair->collecting_, 0) << "Remove() returned while the collectable was in use";
+  scrape.join();
+  EXPECT_EQ(metrics.Render(HttpRequest{}).body.find("kpulse_test_first"), std::string::npos);
+  EXPECT_EQ(pair.use_count(), 1) << "the endpoint let go of it";
+}
+
 // --- SerializeText: the parallel render must produce prometheus-cpp's own text, byte for byte.
 
 std::vector<prometheus::MetricFamily> LargePage() {
