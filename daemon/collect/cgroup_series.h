@@ -46,13 +46,19 @@ class CgroupSeries {
     Value value;
   };
   struct Result {
-    std::vector<Series> series;          // visible series, <other> included, ordered by label
-    std::map<uint32_t, Value> deleted;   // removed cgroups' counts, by sub
-    std::map<uint32_t, Value> held;      // everything in `series` plus hidden ones, by sub
-    uint64_t folded_total = 0;           // label sets folded by the cap since start
+    std::vector<Series> series;         // visible series, <other> included, ordered by label
+    std::map<uint32_t, Value> deleted;  // removed cgroups' counts, by sub
+    std::map<uint32_t, Value> held;     // everything in `series` plus hidden ones, by sub
+    uint64_t folded_total = 0;          // label sets folded by the cap since start
   };
 
   CgroupSeries(std::string family, SeriesPolicy policy) : limiter_(std::move(family), policy) {}
+
+  /// A reload's new cap and idle TTL (SeriesLimiter::SetPolicy).
+  void SetPolicy(SeriesPolicy policy) {
+    std::lock_guard lock(mu_);
+    limiter_.SetPolicy(policy);
+  }
 
   /// `live`: the kernel's entries now (removed cgroups' included until their retirement);
   /// `retired`: final counts of removed cgroups, each given once; `overflow`: what the kernel
@@ -141,7 +147,8 @@ class CgroupSeries {
     inputs.reserve(groups.size());
     for (const auto& [key, group] : groups) {
       uint64_t signature = 0;
-      for (const auto& [sub, value] : group.values) signature = signature * 31 + SeriesSignature(value);
+      for (const auto& [sub, value] : group.values)
+        signature = signature * 31 + SeriesSignature(value);
       inputs.push_back({key, signature, group.values.size()});
     }
     const std::vector<SeriesFate> fates =
@@ -155,7 +162,8 @@ class CgroupSeries {
         folded.insert(key);
         for (const auto& [sub, value] : group.values) SeriesAdd(other_group.values[sub], value);
       } else if (fate == SeriesFate::kVisible) {
-        for (const auto& [sub, value] : group.values) result.series.push_back({group.labels, sub, value});
+        for (const auto& [sub, value] : group.values)
+          result.series.push_back({group.labels, sub, value});
       }
     }
     for (const auto& [sub, value] : other) SeriesAdd(result.held[sub], value);
@@ -178,8 +186,8 @@ class CgroupSeries {
     enum RouteTo { kSeries, kDeleted, kOther };
     std::string key;  // the label set's `cgroup`; empty: never labelled (removed before)
     std::shared_ptr<const CgroupLabels> labels;
-    bool live = false;    // labelled at this update
-    bool folded = false;  // its label set was folded into <other> at the last update
+    bool live = false;        // labelled at this update
+    bool folded = false;      // its label set was folded into <other> at the last update
     RouteTo route = kSeries;  // where its counts go; leaves kSeries once, never comes back
   };
   struct Accumulated {
@@ -200,15 +208,15 @@ class CgroupSeries {
   // label set was folded there, else for the deleted totals.
   void Route(Member& member, const std::set<std::string>& alive) const {
     if (member.route != Member::kSeries || member.live || alive.contains(member.key)) return;
-    member.route = member.folded || folded_keys_.contains(member.key) ? Member::kOther
-                                                                      : Member::kDeleted;
+    member.route =
+        member.folded || folded_keys_.contains(member.key) ? Member::kOther : Member::kDeleted;
   }
 
   std::mutex mu_;
-  SeriesLimiter<std::string> limiter_;                           // Guarded by mu_.
-  std::unordered_map<uint64_t, Member> members_;                 // Guarded by mu_.
+  SeriesLimiter<std::string> limiter_;                                   // Guarded by mu_.
+  std::unordered_map<uint64_t, Member> members_;                         // Guarded by mu_.
   std::map<std::pair<std::string, uint32_t>, Accumulated> accumulated_;  // Guarded by mu_.
-  std::set<std::string> folded_keys_;                            // Guarded by mu_.
+  std::set<std::string> folded_keys_;                                    // Guarded by mu_.
   std::map<uint32_t, Value> deleted_;  // removed cgroups' counts; Guarded by mu_.
   std::map<uint32_t, Value> other_;    // departed <other> members' counts; Guarded by mu_.
 };

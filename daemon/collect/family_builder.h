@@ -19,10 +19,11 @@ inline std::vector<prometheus::ClientMetric::Label> CgroupLabelSet(const CgroupL
   std::vector<prometheus::ClientMetric::Label> out;
   out.reserve(6);  // and one for the family's own dimension
   out.push_back({"cgroup", labels.cgroup});
-  for (const auto& [name, value] : {std::pair<const char*, const std::string*>{"unit", &labels.unit},
-                                    {"container_id", &labels.container_id},
-                                    {"pod_uid", &labels.pod_uid},
-                                    {"qos", &labels.qos}}) {
+  for (const auto& [name, value] :
+       {std::pair<const char*, const std::string*>{"unit", &labels.unit},
+        {"container_id", &labels.container_id},
+        {"pod_uid", &labels.pod_uid},
+        {"qos", &labels.qos}}) {
     if (!value->empty()) out.push_back({name, *value});
   }
   return out;

@@ -2,7 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-
 #include "collect/family_builder.h"
 #include "collect/runqueue_collector.h"  // ToPrometheusHistogram
 
@@ -36,6 +35,13 @@ OffcpuCollector::OffcpuCollector(const OffcpuSource& source,
     : source_(source),
       labeler_(std::move(labeler)),
       series_("kpulse_offcpu_seconds_total", series) {}
+
+void OffcpuCollector::Reconfigure(std::shared_ptr<const CgroupLabeler> labeler,
+                                  SeriesPolicy series) {
+  std::lock_guard lock(mu_);
+  labeler_ = std::move(labeler);
+  series_.SetPolicy(series);
+}
 
 std::vector<MetricFamily> OffcpuCollector::Collect() const {
   std::vector<MetricFamily> families;
@@ -90,10 +96,10 @@ std::vector<MetricFamily> OffcpuCollector::Collect() const {
       MakeFamily("kpulse_deleted_cgroups_offcpu_seconds_total",
                  "Time threads of cgroups that have since been removed spent blocked, by state.",
                  MetricType::Counter);
-  auto deleted_durations = MakeFamily(
-      "kpulse_deleted_cgroups_offcpu_block_duration_seconds",
-      "Durations of blocked intervals of threads in cgroups since removed, by state.",
-      MetricType::Histogram);
+  auto deleted_durations =
+      MakeFamily("kpulse_deleted_cgroups_offcpu_block_duration_seconds",
+                 "Durations of blocked intervals of threads in cgroups since removed, by state.",
+                 MetricType::Histogram);
   for (uint32_t state = 0; state < OFFCPU_STATE_MAX; ++state) {
     auto it = result.deleted.find(state);
     add(deleted_seconds, deleted_durations, {}, state,

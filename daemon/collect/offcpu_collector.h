@@ -25,9 +25,12 @@ class OffcpuCollector : public prometheus::Collectable {
                   SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
+  /// A reload's export-side settings (labels, series cap and TTL); the next Collect() uses them.
+  void Reconfigure(std::shared_ptr<const CgroupLabeler> labeler, SeriesPolicy series);
+
  private:
   const OffcpuSource& source_;
-  std::shared_ptr<const CgroupLabeler> labeler_;
+  std::shared_ptr<const CgroupLabeler> labeler_;  // Guarded by mu_.
   mutable std::mutex mu_;  // a snapshot and its aggregation are one step (retired records)
   mutable CgroupSeries<sched_hist> series_;
   ReadErrors read_errors_{"offcpu", "kpulse_offcpu_read_errors_total"};

@@ -98,6 +98,26 @@ RetransCollector::RetransCollector(const RetransSource& source,
       cgroup_series_("kpulse_tcp_cgroup_retransmits_total", series),
       flow_limiter_("kpulse_tcp_flow_retransmits_total", series) {}
 
+void RetransCollector::Reconfigure(std::shared_ptr<const CgroupLabeler> labeler,
+                                   const RetransConfig& config, SeriesPolicy series) {
+  std::lock_guard lock(mu_);
+  labeler_ = std::move(labeler);
+  cgroup_series_.SetPolicy(series);
+  if (config.netns_label != config_.netns_label) {
+    // Folded flows are keyed by their exported labels: start the flow side over. What left
+    // <other> before stays in departed_folded_.
+    flow_limiter_ =
+        SeriesLimiter<retrans_flow_key, FlowLess>("kpulse_tcp_flow_retransmits_total", series);
+    for (const auto& [flow, counts] : folded_flows_) {
+      for (size_t kind = 0; kind < counts.size(); ++kind) departed_folded_[kind] += counts[kind];
+    }
+    folded_flows_.clear();
+  } else {
+    flow_limiter_.SetPolicy(series);
+  }
+  config_ = config;
+}
+
 std::vector<MetricFamily> RetransCollector::Collect() const {
   std::vector<MetricFamily> families;
   std::lock_guard lock(mu_);
@@ -163,10 +183,9 @@ void RetransCollector::AddCgroupFamilies(const RetransSnapshot& snapshot,
   }
   const auto result = cgroup_series_.Update(entries(snapshot.cgroups), entries(snapshot.retired),
                                             overflow, *labeler_, std::chrono::steady_clock::now());
-  auto cgroup =
-      MakeFamily("kpulse_tcp_cgroup_retransmits_total",
-                 "TCP segments retransmitted, by the cgroup of the socket's owner.",
-                 MetricType::Counter);
+  auto cgroup = MakeFamily("kpulse_tcp_cgroup_retransmits_total",
+                           "TCP segments retransmitted, by the cgroup of the socket's owner.",
+                           MetricType::Counter);
   for (const auto& series : result.series) {
     auto labels = CgroupLabelSet(*series.labels);
     labels.push_back({"kind", std::string(RetransKindName(series.sub))});
@@ -186,7 +205,8 @@ void RetransCollector::AddCgroupFamilies(const RetransSnapshot& snapshot,
               static_cast<double>(it == result.deleted.end() ? 0 : it->second));
   }
   families.push_back(std::move(deleted));
-  families.push_back(SeriesFoldedFamily("kpulse_tcp_cgroup_retransmits_total", result.folded_total));
+  families.push_back(
+      SeriesFoldedFamily("kpulse_tcp_cgroup_retransmits_total", result.folded_total));
 }
 
 void RetransCollector::AddFlowFamilies(const RetransSnapshot& snapshot,
@@ -218,7 +238,8 @@ void RetransCollector::AddFlowFamilies(const RetransSnapshot& snapshot,
   for (const auto& departed : flow_limiter_.departed()) {
     auto it = folded_flows_.find(departed.key);
     if (it == folded_flows_.end()) continue;
-    for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind) departed_folded_[kind] += it->second[kind];
+    for (uint32_t kind = 0; kind < RETRANS_KIND_MAX; ++kind)
+      departed_folded_[kind] += it->second[kind];
     folded_flows_.erase(it);
   }
 
@@ -269,8 +290,8 @@ void RetransCollector::AddFlowFamilies(const RetransSnapshot& snapshot,
     AddSample(flows, std::move(label_set), static_cast<double>(other[kind]));
   }
   families.push_back(std::move(flows));
-  families.push_back(SeriesFoldedFamily("kpulse_tcp_flow_retransmits_total",
-                                        flow_limiter_.folded_total()));
+  families.push_back(
+      SeriesFoldedFamily("kpulse_tcp_flow_retransmits_total", flow_limiter_.folded_total()));
 
   const retrans_totals& totals = snapshot.totals;
   const uint64_t live = snapshot.flows.size();

@@ -47,6 +47,12 @@ class RetransCollector : public prometheus::Collectable {
                    RetransConfig config, SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
+  /// A reload's export-side settings: labels, series cap and TTL, netns_label (`config`'s
+  /// kernel side must be the probe's, unchanged). The next Collect() uses them. A changed
+  /// netns_label gives every flow a new label set: the flow series start over under it.
+  void Reconfigure(std::shared_ptr<const CgroupLabeler> labeler, const RetransConfig& config,
+                   SeriesPolicy series);
+
  private:
   struct FlowLess {
     bool operator()(const retrans_flow_key& a, const retrans_flow_key& b) const {
@@ -61,14 +67,14 @@ class RetransCollector : public prometheus::Collectable {
                        std::vector<prometheus::MetricFamily>& families) const;  // Requires mu_.
 
   const RetransSource& source_;
-  std::shared_ptr<const CgroupLabeler> labeler_;
-  RetransConfig config_;
+  std::shared_ptr<const CgroupLabeler> labeler_;  // Guarded by mu_.
+  RetransConfig config_;                          // Guarded by mu_ (export side).
   mutable std::mutex mu_;  // a snapshot and its aggregation are one step (retired entries)
-  mutable CgroupSeries<uint64_t> cgroup_series_;                // Guarded by mu_.
+  mutable CgroupSeries<uint64_t> cgroup_series_;                    // Guarded by mu_.
   mutable SeriesLimiter<retrans_flow_key, FlowLess> flow_limiter_;  // Guarded by mu_.
   // Folded flows' last counts, and those of folded flows since evicted: <other> keeps them.
   mutable std::map<retrans_flow_key, KindCounts, FlowLess> folded_flows_;  // Guarded by mu_.
-  mutable KindCounts departed_folded_{};                                  // Guarded by mu_.
+  mutable KindCounts departed_folded_{};                                   // Guarded by mu_.
   // Evictions are derived (flows created - flows present); reads race with inserts, so the
   // exported counter only ever rises.
   mutable uint64_t evicted_high_water_ = 0;  // Guarded by mu_.

@@ -49,6 +49,13 @@ RunqueueCollector::RunqueueCollector(const RunqueueSource& source,
       config_(std::move(config)),
       series_("kpulse_runqueue_latency_seconds", series) {}
 
+void RunqueueCollector::Reconfigure(std::shared_ptr<const CgroupLabeler> labeler,
+                                    SeriesPolicy series) {
+  std::lock_guard lock(mu_);
+  labeler_ = std::move(labeler);
+  series_.SetPolicy(series);
+}
+
 std::vector<MetricFamily> RunqueueCollector::Collect() const {
   std::vector<MetricFamily> families;
   std::lock_guard lock(mu_);

@@ -6,11 +6,11 @@
 #include <memory>
 #include <mutex>
 
+#include "bpf/probe_options.h"
 #include "bpf/sched_probe.h"
 #include "cgroup/cgroup_labeler.h"
 #include "collect/cgroup_series.h"
 #include "collect/read_errors.h"
-#include "bpf/probe_options.h"
 
 namespace kpulse {
 
@@ -31,10 +31,13 @@ class RunqueueCollector : public prometheus::Collectable {
                     RunqueueProbeOptions kernel, SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
 
+  /// A reload's export-side settings (labels, series cap and TTL); the next Collect() uses them.
+  void Reconfigure(std::shared_ptr<const CgroupLabeler> labeler, SeriesPolicy series);
+
  private:
   const RunqueueSource& source_;
-  std::shared_ptr<const CgroupLabeler> labeler_;
-  RunqueueProbeOptions config_;  // per_cpu: the probe's histograms are per CPU
+  std::shared_ptr<const CgroupLabeler> labeler_;  // Guarded by mu_.
+  RunqueueProbeOptions config_;                   // per_cpu: the probe's histograms are per CPU
   mutable std::mutex mu_;  // a snapshot and its aggregation are one step (retired records)
   mutable CgroupSeries<sched_hist> series_;
   ReadErrors read_errors_{"runqueue_latency", "kpulse_runqueue_read_errors_total"};

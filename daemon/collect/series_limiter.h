@@ -14,7 +14,7 @@ namespace kpulse {
 
 /// The ceiling on what Prometheus receives from one family (YAML `series`).
 struct SeriesPolicy {
-  size_t max_series = 5000;  // series per family; the rest folds into one <other> series
+  size_t max_series = 5000;            // series per family; the rest folds into one <other> series
   std::chrono::seconds idle_ttl{600};  // a series whose value has not changed for this long is
                                        // left out of /metrics (0: never)
 };
@@ -47,6 +47,10 @@ class SeriesLimiter {
 
   SeriesLimiter(std::string family, SeriesPolicy policy)
       : family_(std::move(family)), policy_(policy) {}
+
+  /// A reload's new cap and idle TTL, applied by the next Update (series over a lower cap fold
+  /// into <other> then; the state of known series is kept).
+  void SetPolicy(SeriesPolicy policy) { policy_ = policy; }
 
   /// Fates of `inputs` (same order, keys unique) at `now`; `reserved` series of the family are
   /// always there (the <other> series itself). Identities of the previous update missing from

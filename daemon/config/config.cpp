@@ -174,17 +174,17 @@ class Parser {
       Fail(root.Mark(), "", "the top level must be a map of settings, got " + Describe(root));
     }
     const Value top{root, "", root.Mark()};
-    ParseMap(top, {
-                      {"log_level",
-                       [&](const Value& v) { config.log_level = ParseEnum(v, kLogLevelNames); }},
-                      {"http", [&](const Value& v) { ParseHttp(v, config.http); }},
-                      {"probes", [&](const Value& v) { ParseProbes(v, config); }},
-                      {"bpf_stats", [&](const Value& v) { config.bpf_stats = ParseBool(v); }},
-                      {"cgroups", [&](const Value& v) { ParseCgroups(v, config.cgroups); }},
-                      {"series", [&](const Value& v) { ParseSeries(v, config.series); }},
-                      {"privileges",
-                       [&](const Value& v) { ParsePrivileges(v, config.privileges); }},
-                  });
+    ParseMap(
+        top,
+        {
+            {"log_level", [&](const Value& v) { config.log_level = ParseEnum(v, kLogLevelNames); }},
+            {"http", [&](const Value& v) { ParseHttp(v, config.http); }},
+            {"probes", [&](const Value& v) { ParseProbes(v, config); }},
+            {"bpf_stats", [&](const Value& v) { config.bpf_stats = ParseBool(v); }},
+            {"cgroups", [&](const Value& v) { ParseCgroups(v, config.cgroups); }},
+            {"series", [&](const Value& v) { ParseSeries(v, config.series); }},
+            {"privileges", [&](const Value& v) { ParsePrivileges(v, config.privileges); }},
+        });
     return config;
   }
 
@@ -228,22 +228,25 @@ class Parser {
   }
 
   void ParseCgroups(const Value& v, CgroupsConfig& cgroups) const {
-    ParseMap(v, {
-                    {"depth", [&](const Value& c) { cgroups.depth = ParseUint(c, 0, 64); }},
-                    {"allow", [&](const Value& c) { cgroups.allow = ParseRegexes(c); }},
-                    {"deny", [&](const Value& c) { cgroups.deny = ParseRegexes(c); }},
-                    {"sweep_interval_seconds",
-                     [&](const Value& c) { cgroups.sweep_interval_seconds = ParseUint(c, 1, 3600); }},
-                });
+    ParseMap(v,
+             {
+                 {"depth", [&](const Value& c) { cgroups.depth = ParseUint(c, 0, 64); }},
+                 {"allow", [&](const Value& c) { cgroups.allow = ParseRegexes(c); }},
+                 {"deny", [&](const Value& c) { cgroups.deny = ParseRegexes(c); }},
+                 {"sweep_interval_seconds",
+                  [&](const Value& c) { cgroups.sweep_interval_seconds = ParseUint(c, 1, 3600); }},
+             });
   }
 
   void ParsePrivileges(const Value& v, PrivilegesConfig& privileges) const {
-    ParseMap(v, {
-                    {"drop", [&](const Value& c) { privileges.drop = ParseBool(c); }},
-                    {"user", [&](const Value& c) { privileges.user = ParseUserName(c); }},
-                    {"cgroup_file_handles",
-                     [&](const Value& c) { privileges.cgroup_file_handles = ParseBool(c); }},
-                });
+    ParseMap(
+        v, {
+               {"drop", [&](const Value& c) { privileges.drop = ParseBool(c); }},
+               {"user", [&](const Value& c) { privileges.user = ParseUserName(c); }},
+               {"cgroup_file_handles",
+                [&](const Value& c) { privileges.cgroup_file_handles = ParseBool(c); }},
+               {"reload_attach", [&](const Value& c) { privileges.reload_attach = ParseBool(c); }},
+           });
   }
 
   // A user name as useradd accepts it (Debian's NAME_REGEX, without the trailing $), or "" for
@@ -258,12 +261,13 @@ class Parser {
   }
 
   void ParseSeries(const Value& v, SeriesConfig& series) const {
-    ParseMap(v, {
-                    {"max_series_per_family",
-                     [&](const Value& c) { series.max_series_per_family = ParseUint(c, 16, 10000000); }},
-                    {"idle_ttl_seconds",
-                     [&](const Value& c) { series.idle_ttl_seconds = ParseUint(c, 0, 31536000); }},
-                });
+    ParseMap(
+        v, {
+               {"max_series_per_family",
+                [&](const Value& c) { series.max_series_per_family = ParseUint(c, 16, 10000000); }},
+               {"idle_ttl_seconds",
+                [&](const Value& c) { series.idle_ttl_seconds = ParseUint(c, 0, 31536000); }},
+           });
   }
 
   // A sequence of ECMAScript regexes, each compiled here so that a bad one is a config error.

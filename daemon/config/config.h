@@ -79,6 +79,8 @@ struct PrivilegesConfig {
   bool drop = true;                 // drop every capability not needed after start-up
   std::string user;                 // switch to this user after attach (empty: keep the uid)
   bool cgroup_file_handles = true;  // keep CAP_DAC_READ_SEARCH for O(1) cgroup id -> path
+  bool reload_attach = false;       // keep CAP_BPF + CAP_PERFMON: a reload may (re)load probes
+  bool operator==(const PrivilegesConfig&) const = default;
 };
 
 /// A complete, validated configuration. A plain value: copy it, swap it on reload.

@@ -4,8 +4,8 @@
 
 #include <charconv>
 #include <condition_variable>
-#include <mutex>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "collect/offcpu_collector.h"  // OffcpuStateName
@@ -90,14 +90,20 @@ FoldedStacks FoldOffcpuStacks(
 }
 
 OffcpuStacksEndpoint::OffcpuStacksEndpoint(const OffcpuSource& source, bool stacks_enabled,
+                                           std::shared_ptr<const KernelSymbols> kernel_symbols,
                                            std::shared_ptr<const CgroupLabeler> labeler)
     : source_(source),
       stacks_enabled_(stacks_enabled),
       labeler_(std::move(labeler)),
-      kernel_symbols_(stacks_enabled ? KernelSymbols::Load() : nullptr),
+      kernel_symbols_(std::move(kernel_symbols)),
       user_symbols_(std::make_unique<UserSymbolizer>()) {}
 
 OffcpuStacksEndpoint::~OffcpuStacksEndpoint() = default;
+
+void OffcpuStacksEndpoint::SetLabeler(std::shared_ptr<const CgroupLabeler> labeler) {
+  const std::lock_guard lock(labeler_mutex_);
+  labeler_ = std::move(labeler);
+}
 
 HttpResponse OffcpuStacksEndpoint::Render(const HttpRequest& request) const {
   if (!stacks_enabled_) {
@@ -156,11 +162,16 @@ HttpResponse OffcpuStacksEndpoint::Render(const HttpRequest& request) const {
     }
   }
 
+  std::shared_ptr<const CgroupLabeler> labeler;
+  {
+    const std::lock_guard lock(labeler_mutex_);
+    labeler = labeler_;
+  }
   std::vector<OffcpuStack> selected;
   for (auto& stack : stacks) {
     if (state_filter && stack.key.state != *state_filter) continue;
     if (cgroup_filter) {
-      const auto labels = labeler_->LabelsOf(stack.key.cgroup_id);
+      const auto labels = labeler->LabelsOf(stack.key.cgroup_id);
       if (!labels || labels->cgroup != *cgroup_filter) continue;
     }
     selected.push_back(std::move(stack));

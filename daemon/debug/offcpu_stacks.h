@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -38,16 +39,22 @@ FoldedStacks FoldOffcpuStacks(
 /// seconds instead of since start). Thread-safe. Does not own `source`.
 class OffcpuStacksEndpoint {
  public:
+  /// `kernel_symbols`: /proc/kallsyms as read at start-up, while CAP_SYSLOG was held (null: the
+  /// addresses were hidden, or stacks are off); shared by every endpoint a reload makes.
   OffcpuStacksEndpoint(const OffcpuSource& source, bool stacks_enabled,
+                       std::shared_ptr<const KernelSymbols> kernel_symbols,
                        std::shared_ptr<const CgroupLabeler> labeler);
   ~OffcpuStacksEndpoint();
   HttpResponse Render(const HttpRequest& request) const;
+  /// A reload's cgroup labels (for ?cgroup=); windows already running keep the old ones.
+  void SetLabeler(std::shared_ptr<const CgroupLabeler> labeler);
 
  private:
   const OffcpuSource& source_;
   bool stacks_enabled_;
-  std::shared_ptr<const CgroupLabeler> labeler_;
-  std::unique_ptr<KernelSymbols> kernel_symbols_;  // loaded once; null when kallsyms is hidden
+  mutable std::mutex labeler_mutex_;
+  std::shared_ptr<const CgroupLabeler> labeler_;         // Guarded by labeler_mutex_.
+  std::shared_ptr<const KernelSymbols> kernel_symbols_;  // null when kallsyms is hidden
   std::unique_ptr<UserSymbolizer> user_symbols_;
 };
 

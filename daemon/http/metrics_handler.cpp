@@ -170,21 +170,28 @@ size_t RenderWorkers() {
   return std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 4);
 }
 
-void MetricsEndpoint::Add(std::shared_ptr<prometheus::Collectable> collectable) {
+void MetricsEndpoint::Changes::Add(std::shared_ptr<prometheus::Collectable> collectable) {
   if (!collectable) throw std::invalid_argument("MetricsEndpoint::Add: null collectable");
-  const auto lock = LockExclusive();
   collectables_.push_back(std::move(collectable));
 }
 
-void MetricsEndpoint::Remove(const prometheus::Collectable* collectable) {
-  const auto lock = LockExclusive();
+void MetricsEndpoint::Changes::Remove(const prometheus::Collectable* collectable) {
   std::erase_if(collectables_,
                 [collectable](const auto& held) { return held.get() == collectable; });
 }
 
-void MetricsEndpoint::Atomically(const std::function<void()>& change) {
+void MetricsEndpoint::Add(std::shared_ptr<prometheus::Collectable> collectable) {
+  Atomically([&](Changes& changes) { changes.Add(std::move(collectable)); });
+}
+
+void MetricsEndpoint::Remove(const prometheus::Collectable* collectable) {
+  Atomically([&](Changes& changes) { changes.Remove(collectable); });
+}
+
+void MetricsEndpoint::Atomically(const std::function<void(Changes&)>& change) {
   const auto lock = LockExclusive();
-  change();
+  Changes changes(collectables_);
+  change(changes);
 }
 
 std::unique_lock<std::shared_mutex> MetricsEndpoint::LockExclusive() {

@@ -46,11 +46,25 @@ size_t RenderWorkers();
 /// missing.
 class MetricsEndpoint {
  public:
+  /// The collectables, while Atomically() holds them: add and remove several in one step.
+  class Changes {
+   public:
+    void Add(std::shared_ptr<prometheus::Collectable> collectable);
+    void Remove(const prometheus::Collectable* collectable);
+
+   private:
+    friend class MetricsEndpoint;
+    explicit Changes(std::vector<std::shared_ptr<prometheus::Collectable>>& collectables)
+        : collectables_(collectables) {}
+    std::vector<std::shared_ptr<prometheus::Collectable>>& collectables_;
+  };
+
   void Add(std::shared_ptr<prometheus::Collectable> collectable);
   /// Takes `collectable` out (no-op if absent); waits for scrapes collecting from it.
   void Remove(const prometheus::Collectable* collectable);
-  /// Runs `change` while no scrape collects (e.g. reconfiguring several collectors).
-  void Atomically(const std::function<void()>& change);
+  /// Runs `change` while no scrape collects: adding, removing and reconfiguring collectors in
+  /// one step. `change` must not call the endpoint's other members.
+  void Atomically(const std::function<void(Changes&)>& change);
 
   HttpResponse Render(const HttpRequest& request) const;
 

@@ -16,7 +16,20 @@ CgroupSweeper::~CgroupSweeper() = default;
 
 void CgroupSweeper::Add(std::string map, Sweep sweep) {
   std::lock_guard lock(mu_);
+  for (Registered& registered : sweeps_) {
+    if (registered.map == map) {
+      registered.sweep = std::move(sweep);  // a reloaded probe's map: its counters go on
+      return;
+    }
+  }
   sweeps_.push_back({std::move(map), std::move(sweep)});
+}
+
+void CgroupSweeper::Remove(const std::string& map) {
+  std::lock_guard lock(mu_);
+  for (Registered& registered : sweeps_) {
+    if (registered.map == map) registered.sweep = nullptr;
+  }
 }
 
 void CgroupSweeper::SweepNow() {
@@ -27,15 +40,17 @@ void CgroupSweeper::SweepNow() {
   // ids it asks about, so a cgroup missing from it is gone, not new.
   const Gone gone = [this, start](uint64_t id) { return resolver_->IsGone(id, start); };
   for (Registered& registered : sweeps_) {
+    if (!registered.sweep) continue;  // its probe is off
     auto removed = registered.sweep(gone);
     if (removed) {
       registered.removed += *removed;
       continue;
     }
     if (registered.errors++ == 0) {
-      spdlog::error("sweeping {} for removed cgroups failed: {} (logged once; counted in "
-                    "kpulse_cgroup_sweep_errors_total)",
-                    registered.map, removed.error());
+      spdlog::error(
+          "sweeping {} for removed cgroups failed: {} (logged once; counted in "
+          "kpulse_cgroup_sweep_errors_total)",
+          registered.map, removed.error());
     }
   }
   ++runs_;
@@ -45,9 +60,9 @@ void CgroupSweeper::SweepNow() {
 std::vector<prometheus::MetricFamily> CgroupSweeper::Collect() const {
   std::lock_guard lock(mu_);
   using prometheus::MetricType;
-  auto runs = MakeFamily("kpulse_cgroup_sweeps_total",
-                         "Sweeps that gave back the kernel state of removed cgroups.",
-                         MetricType::Counter);
+  auto runs =
+      MakeFamily("kpulse_cgroup_sweeps_total",
+                 "Sweeps that gave back the kernel state of removed cgroups.", MetricType::Counter);
   AddSample(runs, {}, static_cast<double>(runs_));
   auto seconds = MakeFamily("kpulse_cgroup_sweep_duration_seconds",
                             "Duration of the last sweep for removed cgroups.", MetricType::Gauge);
@@ -56,8 +71,7 @@ std::vector<prometheus::MetricFamily> CgroupSweeper::Collect() const {
                             "Entries (scheduler: slots) of removed cgroups given back, by map.",
                             MetricType::Counter);
   auto errors = MakeFamily("kpulse_cgroup_sweep_errors_total",
-                           "Sweeps of a map for removed cgroups that failed.",
-                           MetricType::Counter);
+                           "Sweeps of a map for removed cgroups that failed.", MetricType::Counter);
   for (const Registered& registered : sweeps_) {
     AddSample(removed, {{"map", registered.map}}, static_cast<double>(registered.removed));
     AddSample(errors, {{"map", registered.map}}, static_cast<double>(registered.errors));

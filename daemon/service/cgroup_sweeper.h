@@ -30,8 +30,11 @@ class CgroupSweeper : public prometheus::Collectable {
   explicit CgroupSweeper(std::shared_ptr<CgroupResolver> resolver);
   ~CgroupSweeper() override;
 
-  /// Registers a sweep of the map `map` (the label of its self-metric). Start-up only.
+  /// Registers the sweep of the map `map` (the label of its self-metric), replacing one of that
+  /// name (a reloaded probe's): the map's self-metrics go on counting.
   void Add(std::string map, Sweep sweep);
+  /// Stops sweeping `map` (its probe is detached); once this returns, no sweep of it runs.
+  void Remove(const std::string& map);
   /// Runs every sweep once. A failing sweep is logged and counted; the others still run.
   void SweepNow();
 

@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -24,6 +26,16 @@ void SystemdNotifier::Send(std::string_view message) const {
 
 void SystemdNotifier::Ready(std::string_view status) const {
   Send("READY=1\nSTATUS=" + std::string(status));
+}
+
+void SystemdNotifier::Reloading() const {
+  // systemd 253+ (Type=notify-reload) wants the CLOCK_MONOTONIC time of the reload with it;
+  // older ones ignore the field.
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t usec =
+      static_cast<uint64_t>(now.tv_sec) * 1000000 + static_cast<uint64_t>(now.tv_nsec) / 1000;
+  Send("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(usec));
 }
 
 void SystemdNotifier::Status(std::string_view status) const {

@@ -12,7 +12,10 @@ namespace kpulse {
 class SystemdNotifier {
  public:
   SystemdNotifier();
+  /// READY=1 with a one-line STATUS=: at start-up, and at the end of every reload.
   void Ready(std::string_view status) const;
+  /// RELOADING=1 with MONOTONIC_USEC=, as a reload begins.
+  void Reloading() const;
   void Status(std::string_view status) const;
   void Stopping() const;
   void WatchdogPing() const;

@@ -13,11 +13,12 @@
 #include <chrono>
 #include <thread>
 
-#include "config/config.h"
 #include "bpf/sched_probe.h"
 #include "collect/offcpu_collector.h"
+#include "config/config.h"
 #include "debug/offcpu_stacks.h"
 #include "sched_test_env.h"
+#include "symbolize/kernel_symbols.h"
 #include "test_env.h"
 
 // Blocks in a read(2) issued from this very function (raw syscall instruction, no libc
@@ -277,12 +278,12 @@ TEST_P(OffcpuProbeTest, DebugEndpointShowsTheFunctionAThreadBlockedIn) {
   }
   ASSERT_TRUE(test::WaitAllAsleep(blocked.pid(), 1, 5s));
 
-  OffcpuStacksEndpoint endpoint(*probe, true,
-                                std::make_shared<const CgroupLabeler>(
-                                    [&](uint64_t id) -> std::optional<std::string> {
-                                      if (id == cgroup.id()) return cgroup.path();
-                                      return std::nullopt;
-                                    }));
+  OffcpuStacksEndpoint endpoint(
+      *probe, true, KernelSymbols::Load(),
+      std::make_shared<const CgroupLabeler>([&](uint64_t id) -> std::optional<std::string> {
+        if (id == cgroup.id()) return cgroup.path();
+        return std::nullopt;
+      }));
   const HttpResponse page = endpoint.Render(
       HttpRequest{"GET", "/debug/offcpu", {{"cgroup", cgroup.path()}, {"state", "sleep"}}, false});
   EXPECT_EQ(page.status, 200u);

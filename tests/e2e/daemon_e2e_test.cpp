@@ -33,6 +33,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string ReadFile(const fs::path& path) {
   std::ifstream file(path);
@@ -572,6 +573,7 @@ std::vector<cap_value_t> DocumentedKeptCaps(const std::string& row) {
     if (names == "none") return caps;
     std::istringstream list(names);
     for (std::string name; std::getline(list, name, ',');) {
+      name.erase(0, name.find_first_not_of(' '));  // "a, b"
       cap_value_t cap = 0;
       EXPECT_EQ(cap_from_name(name.c_str(), &cap), 0) << "docs name an unknown capability " << name;
       caps.push_back(cap);
@@ -650,6 +652,171 @@ TEST_F(DaemonE2eTest, SigtermCutsDebugWindowsShortAndExitsWithinTwoSeconds) {
   for (auto& window : windows) window.join();
   EXPECT_LT(took, 2s);
   for (const std::string& answer : answers) EXPECT_THAT(answer, HasSubstr("cut short"));
+}
+
+// --- Reload (SIGHUP). ---
+
+// SYN retransmits made in a namespace of the test's own (one retry per connect to a port whose
+// SYNs are dropped), read back from kpulse's per-flow series of that namespace (netns_label on).
+class ReloadE2eTest : public DaemonE2eTest {
+ protected:
+  void SetUp() override {
+    DaemonE2eTest::SetUp();
+    ns_ = std::make_unique<test::NetNs>("reload");
+    ns_->Sysctl("net.ipv4.tcp_syn_linear_timeouts", "0");
+    ns_->Sysctl("net.ipv4.tcp_syn_retries", "1");
+    ns_->Nft(test::NftDropInput("tcp dport 7100 tcp flags & (syn|ack) == syn"));
+    before_ = test::ReadTcpCounters(ns_.get());
+  }
+
+  // `connects` failed connects; returns the namespace's TCPSynRetrans since SetUp (the truth).
+  uint64_t Storm(int connects) {
+    test::Child storm(*ns_, nullptr,
+                      [connects] { return test::ConnectMany("127.0.0.1", 7100, connects, 10000); });
+    EXPECT_EQ(storm.Wait(), connects);
+    return test::ReadTcpCounters(ns_.get()).syn_retrans - before_.syn_retrans;
+  }
+
+  double ScrapedSyn(uint16_t port) {
+    return SumSamples(
+        HttpGet("127.0.0.1", port, "/metrics"), "kpulse_tcp_flow_retransmits_total",
+        {"netns=\"" + std::to_string(ns_->inode()) + "\"", "kind=\"syn\"", "rport=\"7100\""});
+  }
+
+  // Rewrites the config file, sends SIGHUP and waits for RELOADING=1 then READY=1; returns
+  // the READY message.
+  std::string Reload(const std::string& yaml) {
+    std::ofstream(config_) << yaml;
+    kill(daemon_->pid(), SIGHUP);
+    const std::string reloading = notify_->WaitFor("RELOADING=1", 10s);
+    EXPECT_THAT(reloading, ::testing::ContainsRegex("MONOTONIC_USEC=[0-9]+"));
+    const std::string ready = notify_->WaitFor("READY=1", 20s);
+    EXPECT_FALSE(ready.empty()) << "no READY=1 after the reload; log:\n" << Log();
+    return ready;
+  }
+
+  std::string Log() const { return ReadFile(dir_.path() / "kpulse.log"); }
+
+  static double Gauge(const std::string& page, const std::string& sample) {
+    const size_t at = page.find("\n" + sample + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(page.substr(at + sample.size() + 2));
+  }
+
+  std::unique_ptr<test::NetNs> ns_;
+  test::TcpCounters before_;
+};
+
+constexpr const char* kReloadBase =
+    "log_level: info\n"
+    "http:\n"
+    "  listen_addresses: [\"127.0.0.1:0\"]\n"
+    "probes:\n"
+    "  tcp_retransmit:\n"
+    "    netns_label: true\n";
+
+// Export-side changes (cgroup depth, series cap) apply without touching the probes: the flow
+// counter goes on from where it was, equal to the kernel's count across the reload.
+TEST_F(ReloadE2eTest, ExportSideReloadKeepsCountersExactAcrossIt) {
+  const uint16_t port = StartDaemon(kReloadBase);
+  ASSERT_NE(port, 0);
+  const uint64_t truth_before = Storm(3);
+  ASSERT_EQ(truth_before, 3u) << "setup: 3 connects x 1 retry";
+  EXPECT_EQ(ScrapedSyn(port), static_cast<double>(truth_before));
+  const std::string first_page = HttpGet("127.0.0.1", port, "/metrics");
+  const double loaded_at = Gauge(first_page, "kpulse_config_last_reload_success_timestamp_seconds");
+  EXPECT_EQ(Gauge(first_page, "kpulse_config_last_reload_successful"), 1);
+
+  const std::string ready = Reload(std::string(kReloadBase) +
+                                   "cgroups:\n  depth: 1\nseries:\n  max_series_per_family: 100\n");
+  EXPECT_THAT(ready, HasSubstr("3/3 probes attached"));
+  const uint64_t truth_after = Storm(4);
+  ASSERT_EQ(truth_after, 7u);
+  const std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_EQ(ScrapedSyn(port), static_cast<double>(truth_after))
+      << "the counter went on across the reload, exactly as the kernel counted";
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_successful"), 1);
+  EXPECT_GT(Gauge(page, "kpulse_config_last_reload_success_timestamp_seconds"), loaded_at);
+  EXPECT_THAT(Log(), HasSubstr("reloaded "));
+  // cgroups.depth: 1 applied by the scrape: no cgroup label below the first level.
+  const std::regex deep(R"re(cgroup="/[^/"<]+/)re");
+  EXPECT_FALSE(std::regex_search(page, deep)) << page;
+  EXPECT_EQ(daemon_->Stop(SIGTERM, 5s), 0);
+}
+
+// A bad file on reload: one line naming file, line and key; the running configuration, its
+// probes and counters stay; kpulse_config_last_reload_successful 0; the next good reload is 1.
+TEST_F(ReloadE2eTest, BadConfigOnReloadKeepsTheRunningConfigAndItsCounters) {
+  const uint16_t port = StartDaemon(kReloadBase);
+  ASSERT_NE(port, 0);
+  ASSERT_EQ(Storm(2), 2u);
+  const double loaded_at = Gauge(HttpGet("127.0.0.1", port, "/metrics"),
+                                 "kpulse_config_last_reload_success_timestamp_seconds");
+
+  Reload("probes:\n  tcp_retransmit:\n    max_flows: 0\n");
+  const std::string log = Log();
+  const std::string prefix =
+      "reload failed, the running configuration is kept: " + config_.string() + ":3:";
+  EXPECT_THAT(log, HasSubstr(prefix));
+  EXPECT_THAT(log, HasSubstr("probes.tcp_retransmit.max_flows"));
+  const size_t error_line = log.find(prefix);
+  EXPECT_EQ(log.find('\n', error_line), log.find("\n", log.find("max_flows", error_line)))
+      << "one line";
+  std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_successful"), 0);
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_success_timestamp_seconds"), loaded_at);
+  EXPECT_THAT(page, HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"} 1"));
+  // Still counting under the old configuration (netns_label, which the bad file did not set).
+  EXPECT_EQ(ScrapedSyn(port), static_cast<double>(Storm(3)));
+
+  Reload(kReloadBase);
+  page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_successful"), 1);
+  EXPECT_EQ(ScrapedSyn(port), 5.0);
+}
+
+// Loading a probe after the drop needs CAP_BPF + CAP_PERFMON: refused by default (the change
+// waits for a restart), done with privileges.reload_attach: true, whose kept set the docs list.
+TEST_F(ReloadE2eTest, ReloadAttachOffRefusesToLoadAProbeAndSaysWhy) {
+  const std::string off = std::string(kReloadBase) + "    enabled: false\n";
+  const uint16_t port = StartDaemon(off);
+  ASSERT_NE(port, 0);
+  EXPECT_THAT(status_, HasSubstr("2/2 probes attached"));
+  Reload(kReloadBase);
+  EXPECT_THAT(Log(), HasSubstr("loads probe(s) tcp_retransmit"));
+  EXPECT_THAT(Log(), HasSubstr("privileges.reload_attach: true"));
+  const std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_successful"), 0);
+  EXPECT_THAT(page, Not(HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"}")));
+  ExpectThreadsHoldExactly(daemon_->pid(), DocumentedKeptCaps("default"));
+}
+
+TEST_F(ReloadE2eTest, ReloadAttachOnLoadsProbesAfterTheDropAndTheyCountExactly) {
+  const std::string privileges = "privileges:\n  reload_attach: true\n";
+  const uint16_t port = StartDaemon(std::string(kReloadBase) + "    enabled: false\n" + privileges);
+  ASSERT_NE(port, 0);
+  ExpectThreadsHoldExactly(daemon_->pid(), DocumentedKeptCaps("reload_attach: true"));
+
+  // Switched on by a reload: attached with the kept capabilities, counting from then on.
+  const std::string ready = Reload(std::string(kReloadBase) + privileges);
+  EXPECT_THAT(ready, HasSubstr("3/3 probes attached")) << Log();
+  const uint64_t truth = Storm(3);
+  ASSERT_EQ(truth, 3u);
+  std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_successful"), 1);
+  EXPECT_THAT(page, HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"} 1"));
+  EXPECT_EQ(ScrapedSyn(port), 3.0);
+
+  // A kernel-side change (max_flows) loads the probe again: its counters start over, as
+  // docs/operations.md says.
+  Reload(std::string(kReloadBase) + "    max_flows: 1024\n" + privileges);
+  page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_successful"), 1);
+  EXPECT_EQ(Gauge(page, "kpulse_bpf_map_capacity{map=\"retrans_flows\"}"), 1024) << page;
+  EXPECT_EQ(ScrapedSyn(port), 0.0) << "a reloaded probe starts over";
+  EXPECT_EQ(Storm(2), 5u);
+  EXPECT_EQ(ScrapedSyn(port), 2.0);
+  ExpectThreadsHoldExactly(daemon_->pid(), DocumentedKeptCaps("reload_attach: true"));
 }
 
 }  // namespace

@@ -500,7 +500,7 @@ TEST(MetricsEndpoint, AScrapeSeesAnAtomicChangeWhollyOrNotAtAll) {
     });
   }
   for (int change = 1; change <= 200; ++change) {
-    metrics.Atomically([&] {
+    metrics.Atomically([&](MetricsEndpoint::Changes&) {
       EXPECT_EQ(pair->collecting_, 0) << "a change ran while a scrape collected";
       pair->Set(change);
     });

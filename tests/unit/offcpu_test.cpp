@@ -7,6 +7,7 @@
 #include "collect/offcpu_collector.h"
 #include "debug/offcpu_stacks.h"
 #include "fakes.h"
+#include "symbolize/kernel_symbols.h"
 
 namespace kpulse {
 namespace {
@@ -55,7 +56,8 @@ TEST(OffcpuCollector, SecondsTotalAndDurationHistogramPerCgroupAndState) {
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + app + ",state=\"sleep\"} 0.5\n"));
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + app + ",state=\"disk\"} 1\n"));
   // A removed cgroup that was never labelled while it lived: deleted totals.
-  EXPECT_THAT(text, HasSubstr("kpulse_deleted_cgroups_offcpu_seconds_total{state=\"sleep\"} 1e-05"));
+  EXPECT_THAT(text,
+              HasSubstr("kpulse_deleted_cgroups_offcpu_seconds_total{state=\"sleep\"} 1e-05"));
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_seconds_total{" + other + ",state=\"idle\"} 3\n"));
   EXPECT_THAT(text, HasSubstr("kpulse_offcpu_block_duration_seconds_bucket{" + app +
                               ",state=\"disk\",le=\"0.268435456\"} 5\n"));
@@ -106,7 +108,7 @@ TEST(FoldOffcpuStacks, SeparatorsInsideNamesAreReplaced) {
 
 TEST(OffcpuStacksEndpoint, DisabledStacksAnswer404WithTheFix) {
   FakeOffcpuSource source;
-  OffcpuStacksEndpoint endpoint(source, false, Paths({}));
+  OffcpuStacksEndpoint endpoint(source, false, nullptr, Paths({}));
   const HttpResponse response = endpoint.Render(HttpRequest{"GET", "/debug/offcpu", {}, false});
   EXPECT_EQ(response.status, 404u);
   EXPECT_THAT(response.body, HasSubstr("probes.offcpu.stacks.enabled"));
@@ -114,7 +116,7 @@ TEST(OffcpuStacksEndpoint, DisabledStacksAnswer404WithTheFix) {
 
 TEST(OffcpuStacksEndpoint, RejectsBadParameters) {
   FakeOffcpuSource source;
-  OffcpuStacksEndpoint endpoint(source, true, Paths({}));
+  OffcpuStacksEndpoint endpoint(source, true, KernelSymbols::Load(), Paths({}));
   EXPECT_EQ(endpoint.Render({"GET", "/debug/offcpu", {{"state", "running"}}, false}).status, 400u);
   EXPECT_EQ(endpoint.Render({"GET", "/debug/offcpu", {{"seconds", "0"}}, false}).status, 400u);
   EXPECT_EQ(endpoint.Render({"GET", "/debug/offcpu", {{"seconds", "61"}}, false}).status, 400u);
@@ -126,7 +128,7 @@ TEST(OffcpuStacksEndpoint, FiltersByCgroupAndState) {
   source.stacks = {{Stack(1, 1, OFFCPU_SLEEP, 1000000, {}, {}),
                     Stack(2, 2, OFFCPU_SLEEP, 2000000, {}, {}),
                     Stack(1, 3, OFFCPU_DISK, 4000000, {}, {})}};
-  OffcpuStacksEndpoint endpoint(source, true, Paths({{1, "/a"}, {2, "/b"}}));
+  OffcpuStacksEndpoint endpoint(source, true, KernelSymbols::Load(), Paths({{1, "/a"}, {2, "/b"}}));
   const std::string body =
       endpoint.Render({"GET", "/debug/offcpu", {{"cgroup", "/a"}, {"state", "sleep"}}, false}).body;
   EXPECT_THAT(body, HasSubstr(" 1000\n"));
@@ -139,7 +141,7 @@ TEST(OffcpuStacksEndpoint, SecondsWindowShowsOnlyWhatAccumulatedDuringIt) {
   source.stacks = {
       {Stack(1, 1, OFFCPU_SLEEP, 5000000, {}, {})},
       {Stack(1, 1, OFFCPU_SLEEP, 7000000, {}, {}), Stack(1, 2, OFFCPU_SLEEP, 1000000, {}, {})}};
-  OffcpuStacksEndpoint endpoint(source, true, Paths({}));
+  OffcpuStacksEndpoint endpoint(source, true, KernelSymbols::Load(), Paths({}));
   const std::string body =
       endpoint.Render({"GET", "/debug/offcpu", {{"seconds", "1"}}, false}).body;
   EXPECT_THAT(body, HasSubstr(" 2000\n")) << "7 ms - 5 ms for the stack seen before";
