@@ -715,6 +715,7 @@ TEST(ConfigPrivileges, DefaultsDropAndKeepFileHandlesWithoutAUserSwitch) {
   const Config config = ParseConfig("", "test.yaml");
   EXPECT_TRUE(config.privileges.drop);
   EXPECT_TRUE(config.privileges.cgroup_file_handles);
+  EXPECT_FALSE(config.privileges.reload_attach);
   EXPECT_EQ(config.privileges.user, "");
   EXPECT_EQ(ParseConfig("privileges:\n  user: \"\"\n", "test.yaml").privileges.user, "")
       << "an empty user (the shipped config's) keeps the uid";
@@ -722,10 +723,13 @@ TEST(ConfigPrivileges, DefaultsDropAndKeepFileHandlesWithoutAUserSwitch) {
 
 TEST(ConfigPrivileges, ParsesEveryField) {
   const Config config = ParseConfig(
-      "privileges:\n  drop: false\n  user: kpulse\n  cgroup_file_handles: false\n", "test.yaml");
+      "privileges:\n  drop: false\n  user: kpulse\n  cgroup_file_handles: false\n"
+      "  reload_attach: true\n",
+      "test.yaml");
   EXPECT_FALSE(config.privileges.drop);
   EXPECT_EQ(config.privileges.user, "kpulse");
   EXPECT_FALSE(config.privileges.cgroup_file_handles);
+  EXPECT_TRUE(config.privileges.reload_attach);
 }
 
 TEST(ConfigPrivileges, ABadUserNameIsOneLineWithFileLineAndKey) {
