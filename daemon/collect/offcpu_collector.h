@@ -24,6 +24,8 @@ class OffcpuCollector : public prometheus::Collectable {
   OffcpuCollector(const OffcpuSource& source, std::shared_ptr<const CgroupLabeler> labeler,
                   SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
+  /// Whether the last Collect() read the probe's maps (true before the first).
+  bool LastReadOk() const { return !read_errors_.LastFailed(); }
 
   /// A reload's export-side settings (labels, series cap and TTL); the next Collect() uses them.
   void Reconfigure(std::shared_ptr<const CgroupLabeler> labeler, SeriesPolicy series);

@@ -28,15 +28,22 @@ class ReadErrors {
     std::string error;
     try {
       auto result = read();
-      if (result) return std::move(*result);
+      if (result) {
+        last_failed_ = false;
+        return std::move(*result);
+      }
       error = result.error();
     } catch (const std::exception& e) {
       error = e.what();
     }
     ++count_;
+    last_failed_ = true;
     spdlog::error("{}: {}", probe_, error);
     return std::nullopt;
   }
+
+  /// Whether the latest read failed (false before the first).
+  bool LastFailed() const { return last_failed_; }
 
   prometheus::MetricFamily Family() const {
     auto family =
@@ -50,6 +57,7 @@ class ReadErrors {
   std::string probe_;
   std::string metric_name_;
   mutable std::atomic<uint64_t> count_{0};
+  mutable std::atomic<bool> last_failed_{false};
 };
 
 }  // namespace kpulse

@@ -46,6 +46,8 @@ class RetransCollector : public prometheus::Collectable {
   RetransCollector(const RetransSource& source, std::shared_ptr<const CgroupLabeler> labeler,
                    RetransConfig config, SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
+  /// Whether the last Collect() read the probe's maps (true before the first).
+  bool LastReadOk() const { return !read_errors_.LastFailed(); }
 
   /// A reload's export-side settings: labels, series cap and TTL, netns_label (`config`'s
   /// kernel side must be the probe's, unchanged). The next Collect() uses them. A changed

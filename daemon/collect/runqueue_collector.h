@@ -30,6 +30,8 @@ class RunqueueCollector : public prometheus::Collectable {
   RunqueueCollector(const RunqueueSource& source, std::shared_ptr<const CgroupLabeler> labeler,
                     RunqueueProbeOptions kernel, SeriesPolicy series = {});
   std::vector<prometheus::MetricFamily> Collect() const override;
+  /// Whether the last Collect() read the probe's maps (true before the first).
+  bool LastReadOk() const { return !read_errors_.LastFailed(); }
 
   /// A reload's export-side settings (labels, series cap and TTL); the next Collect() uses them.
   void Reconfigure(std::shared_ptr<const CgroupLabeler> labeler, SeriesPolicy series);

@@ -131,6 +131,29 @@ bool DropPrivilegesAfterAttach(const Config& config, bool have_resolver) {
   return privileges.reload_attach;
 }
 
+bool IsLoopback(const ListenAddress& address) {
+  if (address.family() == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(address.storage);
+    return (ntohl(in.sin_addr.s_addr) >> 24) == 127;
+  }
+  if (address.family() == AF_INET6 && !address.dual_stack) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(address.storage);
+    return IN6_IS_ADDR_LOOPBACK(&in6.sin6_addr);
+  }
+  return false;
+}
+
+// Kernel stacks name what every process on the node is doing: /debug/* is served only when
+// every listener is loopback, or when clients must authenticate (basic auth, or a verified
+// client certificate).
+bool DebugEndpointsAllowed(const HttpConfig& http, const WebConfig& web) {
+  const bool loopback_only =
+      std::all_of(http.listen_addresses.begin(), http.listen_addresses.end(), IsLoopback);
+  const bool verified_clients =
+      web.tls && web.tls->client_auth == ClientAuth::kRequireAndVerifyClientCert;
+  return loopback_only || !web.basic_auth_users.empty() || verified_clients;
+}
+
 bool SameHttp(const HttpConfig& a, const HttpConfig& b) {
   const auto texts = [](const HttpConfig& http) {
     std::vector<std::string> out;
@@ -281,12 +304,30 @@ class Daemon {
     auto server = std::make_shared<HttpServer>(std::move(options));
     server->Route("/metrics",
                   [this](const HttpRequest& request) { return metrics_.Render(request); });
-    // Windows hold a thread each for up to 60 s: a few at a time (503 beyond), never the scrape's.
-    server->Route(
-        "/debug/offcpu",
-        [this](const HttpRequest& request) { return probes_.ServeOffcpuStacks(request); },
-        RouteOptions{kMaxConcurrentDebugWindows});
-    server->Route("/healthz", [](const HttpRequest&) {
+    if (DebugEndpointsAllowed(config.http, web)) {
+      // Windows hold a thread each for up to 60 s: a few at a time (503 beyond), never the
+      // scrape's.
+      server->Route(
+          "/debug/offcpu",
+          [this](const HttpRequest& request) { return probes_.ServeOffcpuStacks(request); },
+          RouteOptions{kMaxConcurrentDebugWindows});
+    } else {
+      if (config.offcpu.enabled && config.offcpu.stacks.enabled) {
+        spdlog::warn(
+            "/debug/offcpu is not served: a listen address is not loopback and the web "
+            "config asks for no authentication (basic_auth_users, or "
+            "RequireAndVerifyClientCert)");
+      }
+      server->Route("/debug/offcpu", [](const HttpRequest&) {
+        return HttpResponse{403, "text/plain; charset=utf-8",
+                            "/debug/* is served only when every listen address is loopback, or "
+                            "with authentication (web config: basic_auth_users or "
+                            "RequireAndVerifyClientCert)\n"};
+      });
+    }
+    server->Route("/healthz", [this](const HttpRequest&) {
+      const std::string problems = probes_.HealthProblems();
+      if (!problems.empty()) return HttpResponse{503, "text/plain; charset=utf-8", problems};
       return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"};
     });
     server->Route("/", [](const HttpRequest&) {

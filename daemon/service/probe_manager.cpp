@@ -66,18 +66,16 @@ ProbeManager::ProbeManager(MetricsEndpoint& metrics, CgroupSweeper& sweeper, Sel
 
 ProbeManager::~ProbeManager() {
   metrics_.Atomically([this](MetricsEndpoint::Changes& changes) {
+    const std::lock_guard lock(mutex_);
     if (retrans_) Unregister(*retrans_, changes);
-    const std::lock_guard lock(sched_mutex_);
     if (sched_) Unregister(*sched_, changes);
   });
 }
 
 void ProbeManager::Start(const Config& config, const ExportSettings& exports) {
-  config_ = config;
   if (config.offcpu.enabled && config.offcpu.stacks.enabled) {
     kernel_symbols_ = KernelSymbols::Load();  // while CAP_SYSLOG is held
   }
-  kernel_symbols_read_ = true;
   std::shared_ptr<RetransUnit> retrans;
   if (config.tcp_retransmit.enabled) {
     try {
@@ -100,9 +98,10 @@ void ProbeManager::Start(const Config& config, const ExportSettings& exports) {
     }
   }
   metrics_.Atomically([&](MetricsEndpoint::Changes& changes) {
+    const std::lock_guard lock(mutex_);
+    config_ = config;
     retrans_ = std::move(retrans);
     if (retrans_) Register(*retrans_, changes);
-    const std::lock_guard lock(sched_mutex_);
     sched_ = std::move(sched);
     if (sched_) Register(*sched_, changes);
   });
@@ -128,6 +127,7 @@ std::string ProbeManager::NeedsRestart(const Config& config) const {
 
 tl::expected<void, std::string> ProbeManager::Apply(const Config& config,
                                                     const ExportSettings& exports) {
+  // Only this thread writes the state: reading it here needs no lock.
   // Load first: if anything fails, the running probes are untouched.
   std::shared_ptr<RetransUnit> retrans = config.tcp_retransmit.enabled ? retrans_ : nullptr;
   if (RetransReloads(config_, config)) {
@@ -137,11 +137,7 @@ tl::expected<void, std::string> ProbeManager::Apply(const Config& config,
       return tl::unexpected(std::string("probes.tcp_retransmit: ") + e.what());
     }
   }
-  std::shared_ptr<SchedUnit> sched;
-  {
-    const std::lock_guard lock(sched_mutex_);
-    if (SchedEnabled(config)) sched = sched_;
-  }
+  std::shared_ptr<SchedUnit> sched = SchedEnabled(config) ? sched_ : nullptr;
   if (SchedReloads(config_, config)) {
     try {
       sched = StartSched(config, exports);
@@ -149,11 +145,12 @@ tl::expected<void, std::string> ProbeManager::Apply(const Config& config,
       return tl::unexpected(std::string("probes.runqueue_latency/offcpu: ") + e.what());
     }
   }
-  // The old units die when this returns (a /debug/offcpu window may hold the scheduler's
-  // until it ends), outside the endpoint's lock.
-  std::shared_ptr<RetransUnit> old_retrans = retrans_;
-  std::shared_ptr<SchedUnit> old_sched;
+  // The replaced units die when this returns, outside the endpoint's lock (a /debug/offcpu
+  // window may hold the scheduler's until it ends).
+  const std::shared_ptr<RetransUnit> old_retrans = retrans_;
+  const std::shared_ptr<SchedUnit> old_sched = sched_;
   metrics_.Atomically([&](MetricsEndpoint::Changes& changes) {
+    const std::lock_guard lock(mutex_);
     if (retrans != retrans_) {
       if (retrans_) Unregister(*retrans_, changes);
       if (retrans) Register(*retrans, changes);
@@ -161,8 +158,6 @@ tl::expected<void, std::string> ProbeManager::Apply(const Config& config,
     } else if (retrans_) {
       Reconfigure(*retrans_, config, exports);
     }
-    const std::lock_guard lock(sched_mutex_);
-    old_sched = sched_;
     if (sched != sched_) {
       if (sched_) Unregister(*sched_, changes);
       if (sched) Register(*sched, changes);
@@ -170,19 +165,23 @@ tl::expected<void, std::string> ProbeManager::Apply(const Config& config,
     } else if (sched_) {
       Reconfigure(*sched_, config, exports);
     }
+    config_ = config;
   });
-  config_ = config;
   self_.SetProbes(Statuses());
   return {};
 }
 
 std::vector<ProbeStatus> ProbeManager::Statuses() const {
+  const std::lock_guard lock(mutex_);
+  return StatusesLocked();
+}
+
+std::vector<ProbeStatus> ProbeManager::StatusesLocked() const {
   std::vector<ProbeStatus> statuses;
   if (config_.tcp_retransmit.enabled) {
     statuses.push_back({"tcp_retransmit", retrans_ != nullptr,
                         retrans_ ? std::string(retrans_->probe->hook()) : ""});
   }
-  const std::lock_guard lock(sched_mutex_);
   const std::string sched_hook = sched_ ? std::string(sched_->probe->hook()) : "";
   if (config_.runqueue_latency.enabled) {
     statuses.push_back({"runqueue_latency", sched_ != nullptr, sched_hook});
@@ -191,10 +190,28 @@ std::vector<ProbeStatus> ProbeManager::Statuses() const {
   return statuses;
 }
 
+std::string ProbeManager::HealthProblems() const {
+  const std::lock_guard lock(mutex_);
+  std::string problems;
+  for (const ProbeStatus& status : StatusesLocked()) {
+    if (!status.up) problems += "probe " + status.probe + " is not attached\n";
+  }
+  if (retrans_ && !retrans_->collector->LastReadOk()) {
+    problems += "the last read of tcp_retransmit's maps failed\n";
+  }
+  if (sched_ && sched_->runqueue && !sched_->runqueue->LastReadOk()) {
+    problems += "the last read of runqueue_latency's maps failed\n";
+  }
+  if (sched_ && sched_->offcpu && !sched_->offcpu->LastReadOk()) {
+    problems += "the last read of offcpu's maps failed\n";
+  }
+  return problems;
+}
+
 HttpResponse ProbeManager::ServeOffcpuStacks(const HttpRequest& request) const {
   std::shared_ptr<SchedUnit> sched;
   {
-    const std::lock_guard lock(sched_mutex_);
+    const std::lock_guard lock(mutex_);
     sched = sched_;
   }
   if (!sched || !sched->stacks) {

@@ -36,7 +36,7 @@ struct ExportSettings {
 /// The export side of every collector changes in one MetricsEndpoint::Atomically() step, so a
 /// scrape sees the old configuration or the new one, never a mix.
 ///
-/// Not thread-safe except ServeOffcpuStacks(): Start() and Apply() run on the main thread.
+/// Start() and Apply() run on the main thread; the other members are thread-safe.
 /// The endpoint and sweeper must outlive the manager; its destructor unregisters everything.
 class ProbeManager {
  public:
@@ -64,6 +64,10 @@ class ProbeManager {
 
   std::vector<ProbeStatus> Statuses() const;
 
+  /// For /healthz, one line each: configured probes that are not attached, and probes whose
+  /// last scrape could not read their maps. Empty when healthy. Thread-safe.
+  std::string HealthProblems() const;
+
   /// GET /debug/offcpu: the current scheduler object's folded stacks; 404 while off-CPU is off.
   /// Thread-safe; a window in flight keeps its probe alive through a reload.
   HttpResponse ServeOffcpuStacks(const HttpRequest& request) const;
@@ -72,6 +76,7 @@ class ProbeManager {
   struct RetransUnit;
   struct SchedUnit;
 
+  std::vector<ProbeStatus> StatusesLocked() const;  // Requires mutex_.
   std::shared_ptr<RetransUnit> StartRetrans(const Config& config, const ExportSettings& exports);
   std::shared_ptr<SchedUnit> StartSched(const Config& config, const ExportSettings& exports);
   // Registers / unregisters a unit's collectors (within a MetricsEndpoint::Atomically() step)
@@ -87,10 +92,11 @@ class ProbeManager {
   CgroupSweeper& sweeper_;
   SelfCollector& self_;
   std::shared_ptr<const KernelSymbols> kernel_symbols_;  // Read at Start() when stacks are on.
-  bool kernel_symbols_read_ = false;
+  // Guards what the HTTP threads read (/debug/offcpu, /healthz). Written only on the main
+  // thread, which may read them without it.
+  mutable std::mutex mutex_;
   Config config_;  // The configuration the probes run with.
   std::shared_ptr<RetransUnit> retrans_;
-  mutable std::mutex sched_mutex_;  // Guards sched_ (read by the /debug/offcpu threads).
   std::shared_ptr<SchedUnit> sched_;
 };
 

@@ -654,6 +654,19 @@ TEST_F(DaemonE2eTest, SigtermCutsDebugWindowsShortAndExitsWithinTwoSeconds) {
   for (const std::string& answer : answers) EXPECT_THAT(answer, HasSubstr("cut short"));
 }
 
+// Kernel stacks are sensitive: with a listener that is not loopback and no authentication in
+// the web config, /debug/offcpu answers 403 on every listener (the loopback one too).
+TEST_F(DaemonE2eTest, DebugOffcpuIsRefusedWithoutAuthWhenAListenerIsNotLoopback) {
+  const uint16_t port = StartDaemon(
+      "http:\n  listen_addresses: [\"127.0.0.1:0\", \"0.0.0.0:0\"]\n"
+      "probes:\n  offcpu:\n    stacks:\n      enabled: true\n");
+  ASSERT_NE(port, 0);
+  const std::string answer = HttpGet("127.0.0.1", port, "/debug/offcpu");
+  EXPECT_THAT(answer, HasSubstr("served only when every listen address is loopback"));
+  EXPECT_THAT(HttpGet("127.0.0.1", port, "/metrics"), HasSubstr("kpulse_probe_up"));
+  EXPECT_THAT(ReadFile(dir_.path() / "kpulse.log"), HasSubstr("/debug/offcpu is not served"));
+}
+
 // --- Reload (SIGHUP). ---
 
 // SYN retransmits made in a namespace of the test's own (one retry per connect to a port whose
