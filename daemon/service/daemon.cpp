@@ -331,9 +331,13 @@ class Daemon {
       return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"};
     });
     server->Route("/", [](const HttpRequest&) {
-      return HttpResponse{200, "text/html; charset=utf-8",
-                          "<html><head><title>kpulse</title></head><body><h1>kpulse</h1>"
-                          "<p><a href=\"/metrics\">Metrics</a></p></body></html>\n"};
+      return HttpResponse{
+          200, "text/html; charset=utf-8",
+          "<html><head><title>kpulse</title></head><body><h1>kpulse</h1><ul>"
+          "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>"
+          "<li><a href=\"/healthz\">/healthz</a>: probes attached, last read OK</li>"
+          "<li><a href=\"/debug/offcpu\">/debug/offcpu</a>: folded off-CPU stacks "
+          "(when enabled)</li></ul></body></html>\n"};
     });
     return server;
   }

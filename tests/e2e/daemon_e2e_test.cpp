@@ -302,6 +302,15 @@ TEST_F(DaemonE2eTest, MetricsPagePassesPromtoolAndNamesTheHook) {
       RunCommand("promtool check metrics < " + (dir_.path() / "page.txt").string());
   EXPECT_EQ(promtool.exit_code, 0) << promtool.output << "\n" << page;
   EXPECT_EQ(HttpGet("127.0.0.1", port, "/healthz"), "ok\n");
+  const std::string index = HttpGet("127.0.0.1", port, "/");
+  for (const char* link : {"href=\"/metrics\"", "href=\"/healthz\"", "href=\"/debug/offcpu\""}) {
+    EXPECT_THAT(index, HasSubstr(link));
+  }
+  // The HTTP server's own counters, scrape duration included.
+  const std::string again = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_THAT(again, HasSubstr("kpulse_http_requests_total{handler=\"/metrics\",code=\"200\"}"));
+  EXPECT_THAT(again, HasSubstr("kpulse_http_request_duration_seconds_count{handler=\"/metrics\"}"));
+  EXPECT_THAT(again, HasSubstr("kpulse_http_rejected_connections_total 0"));
 }
 
 TEST_F(DaemonE2eTest, SynStormInANamespaceEqualsItsTcpSynRetransOverHttp) {
