@@ -136,15 +136,14 @@ TEST(RetransCollector, CgroupIdsBecomeLabelSetsAndRemovedOnesCountAsDeleted) {
   RetransCollector collector(source, Paths({{100, "/system.slice/nginx.service"}}),
                              RetransConfig{});
   auto families = Collect(collector);
-  EXPECT_THAT(
-      families["kpulse_tcp_cgroup_retransmits_total"],
-      UnorderedElementsAre(
-          Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=syn", 7),
-          Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=data", 40)));
+  EXPECT_THAT(families["kpulse_tcp_cgroup_retransmits_total"],
+              UnorderedElementsAre(
+                  Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=syn", 7),
+                  Pair("cgroup=/system.slice/nginx.service,unit=nginx.service,kind=data", 40)));
   // Removed cgroups' entries, while still in the map, count as deleted.
-  EXPECT_THAT(families["kpulse_deleted_cgroups_tcp_retransmits_total"],
-              UnorderedElementsAre(Pair("kind=syn", 5), Pair("kind=synack", 0),
-                                   Pair("kind=data", 0)));
+  EXPECT_THAT(
+      families["kpulse_deleted_cgroups_tcp_retransmits_total"],
+      UnorderedElementsAre(Pair("kind=syn", 5), Pair("kind=synack", 0), Pair("kind=data", 0)));
 }
 
 TEST(RetransCollector, CgroupMapOverflowIsAnOtherSeriesSoSumsMatchTotals) {
@@ -267,6 +266,35 @@ TEST(RetransCollector, SameFlowInTwoNamespacesIsOneSeriesUnlessNetnsLabelled) {
   EXPECT_THAT(Collect(split)["kpulse_tcp_flow_retransmits_total"],
               UnorderedElementsAre(Pair(::testing::HasSubstr("netns=1111"), 2),
                                    Pair(::testing::HasSubstr("netns=2222"), 3)));
+}
+
+// A reload's export side: the next Collect() uses the new labels (depth folding) and netns_label,
+// from the same kernel counts; the node totals are untouched.
+TEST(RetransCollector, ReconfigureAppliesNewLabelsAndNetnsLabelToTheSameCounts) {
+  FakeRetransSource source;
+  source.snapshot.totals.segments[RETRANS_KIND_SYN] = 10;
+  source.snapshot.cgroups = {{{100, RETRANS_KIND_SYN, 0}, {7}}, {{101, RETRANS_KIND_SYN, 0}, {3}}};
+  source.snapshot.flows = {
+      {V4Flow("10.0.0.1", 0, "10.0.0.2", 443, RETRANS_KIND_SYN, 1111), {4}},
+      {V4Flow("10.0.0.1", 0, "10.0.0.2", 443, RETRANS_KIND_SYN, 2222), {6}},
+  };
+  const std::map<uint64_t, std::string> paths = {{100, "/system.slice/nginx.service"},
+                                                 {101, "/system.slice/cron.service"}};
+  RetransCollector collector(source, Paths(paths), RetransConfig{});
+  auto before = Collect(collector);
+  EXPECT_EQ(before["kpulse_tcp_cgroup_retransmits_total"].size(), 2u);
+  EXPECT_THAT(before["kpulse_tcp_flow_retransmits_total"], ElementsAre(Pair(::testing::_, 10)));
+
+  RetransConfig config;
+  config.netns_label = true;
+  collector.Reconfigure(Paths(paths, CgroupLabelPolicy{1, {}, {}}), config, SeriesPolicy{});
+  auto after = Collect(collector);
+  EXPECT_THAT(after["kpulse_tcp_cgroup_retransmits_total"],
+              ElementsAre(Pair(::testing::HasSubstr("cgroup=/system.slice,"), 10)));
+  EXPECT_THAT(after["kpulse_tcp_flow_retransmits_total"],
+              UnorderedElementsAre(Pair(::testing::HasSubstr("netns=1111"), 4),
+                                   Pair(::testing::HasSubstr("netns=2222"), 6)));
+  EXPECT_EQ(after["kpulse_tcp_retransmits_total"], before["kpulse_tcp_retransmits_total"]);
 }
 
 TEST(RetransCollector, EvictionsAreCreatedMinusLiveAndNeverDecrease) {
