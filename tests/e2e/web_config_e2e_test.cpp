@@ -254,6 +254,46 @@ TEST_F(WebConfigE2eTest, BadWebConfigOnReloadKeepsServingWithTheOldOne) {
   EXPECT_EQ(test::Curl(WithUser(trusted, "prometheus:wrong"), MetricsOverTls(port)).status, 401);
 }
 
+// A good reload with a web-config file restarts the server with it: the new password and the new
+// certificate (of a new CA) are in use, the old ones no longer.
+TEST_F(WebConfigE2eTest, ReloadPicksUpANewPasswordAndCertificate) {
+  const fs::path config = Write("kpulse.yaml", kConfig);
+  const fs::path web =
+      Write("web.yml", kTlsSection + std::string("basic_auth_users:\n  prometheus: ") +
+                           test::BcryptHash("password-a", 10) + "\n");
+  const test::TestPki next;  // A new CA, and a server certificate and key it signed.
+  Kpulse kpulse(pki_.dir(), {"--config", config.string(), "--web.config.file", web.string()});
+  const uint16_t first_port = kpulse.WaitReady();
+  ASSERT_NE(first_port, 0);
+  const std::vector<std::string> old_ca = {"--cacert", pki_.ca_cert().string()};
+  const test::CurlResult before =
+      test::Curl(WithUser(old_ca, "prometheus:password-a"), MetricsOverTls(first_port));
+  ASSERT_EQ(before.status, 200) << before.error << "\n" << kpulse.log();
+
+  const std::string new_tls = "tls_server_config:\n  cert_file: " + next.server_cert().string() +
+                              "\n  key_file: " + next.server_key().string() + "\n";
+  Write("web.yml",
+        new_tls + "basic_auth_users:\n  prometheus: " + test::BcryptHash("password-b", 10) + "\n");
+  const uint16_t port = kpulse.Reload();
+  ASSERT_NE(port, 0);
+  const std::vector<std::string> new_ca = {"--cacert", next.ca_cert().string()};
+
+  const test::CurlResult ok =
+      test::Curl(WithUser(new_ca, "prometheus:password-b"), MetricsOverTls(port));
+  EXPECT_EQ(ok.status, 200) << ok.error << "\n" << kpulse.log();
+  EXPECT_THAT(ok.body, HasSubstr("\nkpulse_config_last_reload_successful 1\n"));
+  const test::CurlResult old_password =
+      test::Curl(WithUser(new_ca, "prometheus:password-a"), MetricsOverTls(port));
+  EXPECT_EQ(old_password.status, 401) << old_password.error;
+  EXPECT_THAT(old_password.body, Not(HasSubstr("kpulse_")));
+  const test::CurlResult old_certificate =
+      test::Curl(WithUser(old_ca, "prometheus:password-b"), MetricsOverTls(port));
+  EXPECT_EQ(old_certificate.exit_code, 60)
+      << "curl: peer certificate cannot be authenticated; got " << old_certificate.error;
+  EXPECT_EQ(old_certificate.status, 0) << "the server still presents a certificate of the old CA";
+  EXPECT_THAT(LinesWith(kpulse.log(), "] [error] "), ::testing::IsEmpty());
+}
+
 // Command line: no root needed.
 TEST(KpulseWebConfigCommandLine, BadWebConfigIsOneLineAndExitCode2BeforeAnyProbe) {
   test::TestPki pki;
