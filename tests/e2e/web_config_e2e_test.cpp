@@ -75,29 +75,49 @@ class Kpulse {
     close(notify_fd_);
   }
 
-  /// The port in the READY=1 status, or 0 (and a failure naming the log) if none comes in 20 s.
+  /// The port in the next READY=1 status, or 0 (and a failure naming the log) if none comes in
+  /// 20 s.
   uint16_t WaitReady() {
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    const std::string ready = WaitFor("READY=1", 20s);
+    std::smatch match;
+    if (std::regex_search(ready, match, std::regex(R"(127\.0\.0\.1:(\d+))"))) {
+      return static_cast<uint16_t>(std::stoi(match[1]));
+    }
+    ADD_FAILURE() << "no READY=1 naming a port; got '" << ready << "'; log:\n" << ReadFile(log_);
+    return 0;
+  }
+
+  /// Sends SIGHUP, waits for RELOADING=1 and then READY=1; returns the port in that READY=1 (a
+  /// reload that restarts the HTTP server re-binds port 0, so it may differ), or 0.
+  uint16_t Reload() {
+    kill(pid_, SIGHUP);
+    const std::string reloading = WaitFor("RELOADING=1", 10s);
+    if (reloading.empty()) {
+      ADD_FAILURE() << "no RELOADING=1 after SIGHUP; log:\n" << ReadFile(log_);
+      return 0;
+    }
+    EXPECT_THAT(reloading, ::testing::ContainsRegex("MONOTONIC_USEC=[0-9]+"));
+    return WaitReady();
+  }
+
+  std::string log() const { return ReadFile(log_); }
+
+ private:
+  // The next datagram containing `needle` (earlier ones are dropped), or "" on timeout.
+  std::string WaitFor(const std::string& needle, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
       pollfd pfd{notify_fd_, POLLIN, 0};
       if (poll(&pfd, 1, 100) <= 0) continue;
       char buffer[4096];
       const ssize_t n = recv(notify_fd_, buffer, sizeof(buffer), 0);
       if (n <= 0) continue;
-      const std::string message(buffer, static_cast<size_t>(n));
-      std::smatch match;
-      if (message.find("READY=1") != std::string::npos &&
-          std::regex_search(message, match, std::regex(R"(127\.0\.0\.1:(\d+))"))) {
-        return static_cast<uint16_t>(std::stoi(match[1]));
-      }
+      std::string message(buffer, static_cast<size_t>(n));
+      if (message.find(needle) != std::string::npos) return message;
     }
-    ADD_FAILURE() << "no READY=1; log:\n" << ReadFile(log_);
-    return 0;
+    return "";
   }
 
-  std::string log() const { return ReadFile(log_); }
-
- private:
   fs::path log_;
   int notify_fd_ = -1;
   pid_t pid_ = -1;
@@ -178,6 +198,100 @@ TEST_F(WebConfigE2eTest, ServesMetricsOverTlsWithClientCertificateAndBasicAuth) 
   EXPECT_THAT(plain.body, Not(HasSubstr("kpulse_")));
 
   EXPECT_THAT(kpulse.log(), HasSubstr("TLS only, from TLS12"));
+}
+
+std::string MetricsOverTls(uint16_t port) {
+  return "https://127.0.0.1:" + std::to_string(port) + "/metrics";
+}
+
+std::vector<std::string> WithUser(std::vector<std::string> args, const std::string& user) {
+  args.insert(args.end(), {"-u", user});
+  return args;
+}
+
+// The lines of `text` that contain `needle`.
+std::vector<std::string> LinesWith(const std::string& text, const std::string& needle) {
+  std::vector<std::string> lines;
+  std::istringstream stream(text);
+  for (std::string line; std::getline(stream, line);) {
+    if (line.find(needle) != std::string::npos) lines.push_back(line);
+  }
+  return lines;
+}
+
+constexpr const char* kTlsSection =
+    "tls_server_config:\n"
+    "  cert_file: server.crt\n"
+    "  key_file: server.key\n";
+
+// A bad web config on reload: one error line naming the file, line and field; the server goes on
+// with the certificate and password it had; kpulse_config_last_reload_successful 0.
+TEST_F(WebConfigE2eTest, BadWebConfigOnReloadKeepsServingWithTheOldOne) {
+  const fs::path config = Write("kpulse.yaml", kConfig);
+  const std::string users =
+      "basic_auth_users:\n  prometheus: " + test::BcryptHash("scrape-secret", 10) + "\n";
+  const fs::path web = Write("web.yml", kTlsSection + users);
+  Kpulse kpulse(pki_.dir(), {"--config", config.string(), "--web.config.file", web.string()});
+  ASSERT_NE(kpulse.WaitReady(), 0);
+
+  // Line 4; exporter-toolkit knows TLS11, kpulse does not.
+  Write("web.yml", kTlsSection + std::string("  min_version: TLS11\n") + users);
+  const uint16_t port = kpulse.Reload();
+  ASSERT_NE(port, 0);
+
+  const std::string log = kpulse.log();
+  EXPECT_THAT(LinesWith(log, "] [error] "),
+              ::testing::ElementsAre(::testing::EndsWith(
+                  "reload failed, the running configuration is kept: " + web.string() +
+                  ":4:16: tls_server_config.min_version: must be one of TLS12, TLS13, got "
+                  "\"TLS11\"")))
+      << log;
+  const std::vector<std::string> trusted = {"--cacert", pki_.ca_cert().string()};
+  const test::CurlResult ok =
+      test::Curl(WithUser(trusted, "prometheus:scrape-secret"), MetricsOverTls(port));
+  EXPECT_EQ(ok.status, 200) << ok.error << "\n" << log;
+  EXPECT_THAT(ok.body, HasSubstr("\nkpulse_config_last_reload_successful 0\n"));
+  EXPECT_EQ(test::Curl(WithUser(trusted, "prometheus:wrong"), MetricsOverTls(port)).status, 401);
+}
+
+// A good reload with a web-config file restarts the server with it: the new password and the new
+// certificate (of a new CA) are in use, the old ones no longer.
+TEST_F(WebConfigE2eTest, ReloadPicksUpANewPasswordAndCertificate) {
+  const fs::path config = Write("kpulse.yaml", kConfig);
+  const fs::path web =
+      Write("web.yml", kTlsSection + std::string("basic_auth_users:\n  prometheus: ") +
+                           test::BcryptHash("password-a", 10) + "\n");
+  const test::TestPki next;  // A new CA, and a server certificate and key it signed.
+  Kpulse kpulse(pki_.dir(), {"--config", config.string(), "--web.config.file", web.string()});
+  const uint16_t first_port = kpulse.WaitReady();
+  ASSERT_NE(first_port, 0);
+  const std::vector<std::string> old_ca = {"--cacert", pki_.ca_cert().string()};
+  const test::CurlResult before =
+      test::Curl(WithUser(old_ca, "prometheus:password-a"), MetricsOverTls(first_port));
+  ASSERT_EQ(before.status, 200) << before.error << "\n" << kpulse.log();
+
+  const std::string new_tls = "tls_server_config:\n  cert_file: " + next.server_cert().string() +
+                              "\n  key_file: " + next.server_key().string() + "\n";
+  Write("web.yml",
+        new_tls + "basic_auth_users:\n  prometheus: " + test::BcryptHash("password-b", 10) + "\n");
+  const uint16_t port = kpulse.Reload();
+  ASSERT_NE(port, 0);
+  const std::vector<std::string> new_ca = {"--cacert", next.ca_cert().string()};
+
+  const test::CurlResult ok =
+      test::Curl(WithUser(new_ca, "prometheus:password-b"), MetricsOverTls(port));
+  EXPECT_EQ(ok.status, 200) << ok.error << "\n" << kpulse.log();
+  EXPECT_THAT(ok.body, HasSubstr("\nkpulse_config_last_reload_successful 1\n"));
+  const test::CurlResult old_password =
+      test::Curl(WithUser(new_ca, "prometheus:password-a"), MetricsOverTls(port));
+  EXPECT_EQ(old_password.status, 401) << old_password.error;
+  EXPECT_THAT(old_password.body, Not(HasSubstr("kpulse_")));
+  const test::CurlResult old_certificate =
+      test::Curl(WithUser(old_ca, "prometheus:password-b"), MetricsOverTls(port));
+  EXPECT_EQ(old_certificate.exit_code, 60)
+      << "curl: peer certificate cannot be authenticated; got " << old_certificate.error;
+  EXPECT_EQ(old_certificate.status, 0) << "the server still presents a certificate of the old CA";
+  EXPECT_THAT(LinesWith(kpulse.log(), "] [error] "), ::testing::IsEmpty());
 }
 
 // Command line: no root needed.
