@@ -841,5 +841,27 @@ TEST_F(ReloadE2eTest, ReloadAttachOnLoadsProbesAfterTheDropAndTheyCountExactly) 
   ExpectThreadsHoldExactly(daemon_->pid(), DocumentedKeptCaps("reload_attach: true"));
 }
 
+// Switching a probe off needs no capability: its programs are detached and unloaded (the
+// kernel's program list is the truth), its series leave /metrics, the others go on.
+TEST_F(ReloadE2eTest, SwitchingAProbeOffDetachesItWithoutCapabilities) {
+  const uint16_t port = StartDaemon(kReloadBase);
+  ASSERT_NE(port, 0);
+  ASSERT_TRUE(RetransProgramsLoaded());
+  const std::string ready = Reload(std::string(kReloadBase) + "    enabled: false\n");
+  EXPECT_THAT(ready, HasSubstr("2/2 probes attached"));
+  const std::string page = HttpGet("127.0.0.1", port, "/metrics");
+  EXPECT_EQ(Gauge(page, "kpulse_config_last_reload_successful"), 1);
+  EXPECT_THAT(page, Not(HasSubstr("kpulse_tcp_retransmits_total")));
+  EXPECT_THAT(page, Not(HasSubstr("kpulse_probe_up{probe=\"tcp_retransmit\"}")));
+  EXPECT_THAT(page, HasSubstr("kpulse_probe_up{probe=\"runqueue_latency\"} 1"));
+  // Freed after an RCU grace period once the last fd closed (as after SIGTERM, above).
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    gone = !RetransProgramsLoaded();
+    if (!gone) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(gone) << "retransmit programs still loaded 2 s after the reload";
+}
+
 }  // namespace
 }  // namespace kpulse
