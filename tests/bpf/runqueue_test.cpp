@@ -19,10 +19,10 @@
 #include <set>
 #include <thread>
 
-#include "config/config.h"
 #include "bpf/sched_probe.h"
 #include "collect/bpf_program_collector.h"
 #include "collect/runqueue_collector.h"
+#include "config/config.h"
 #include "sched_test_env.h"
 #include "test_env.h"
 
@@ -42,6 +42,7 @@ using test::SchedStat;
 using test::SpinFor;
 using test::SumHists;
 using test::TestCgroup;
+using test::ThreadSchedStat;
 using test::WaitAllAsleep;
 
 class RunqueueProbeTest : public ::testing::TestWithParam<SchedHook> {
@@ -175,6 +176,8 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
   const RunqueueSnapshot before = Snapshot(*probe);
   const SchedStat wakee_before = ProcessSchedStat(woken.pid());
 
+  int waker_truth[2];  // the waker's own run_delay, read by itself just before it exits
+  ASSERT_EQ(pipe(waker_truth), 0);
   CgroupChild spinner(waker, [&] {
     PinToCpu(cpu);
     sched_param param{};
@@ -185,9 +188,16 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
       SpinFor(24ms);  // the woken thread waits behind us
       std::this_thread::sleep_for(40ms);
     }
+    const uint64_t own_delay = ThreadSchedStat().run_delay_ns;
+    if (write(waker_truth[1], &own_delay, sizeof(own_delay)) != sizeof(own_delay)) return 4;
     return 0;
   });
   EXPECT_EQ(spinner.Wait(), 0) << "the FIFO waker failed (2: sched_setscheduler)";
+  uint64_t waker_delay_ns = 0;
+  ASSERT_EQ(read(waker_truth[0], &waker_delay_ns, sizeof(waker_delay_ns)),
+            static_cast<ssize_t>(sizeof(waker_delay_ns)));
+  close(waker_truth[0]);
+  close(waker_truth[1]);
   ASSERT_TRUE(WaitAllAsleep(woken.pid(), 1, 5s));
   const RunqueueSnapshot after = Snapshot(*probe);
   const SchedStat wakee_after = ProcessSchedStat(woken.pid());
@@ -207,9 +217,12 @@ TEST_P(RunqueueProbeTest, WaitsLandInTheirBucketAndAreChargedToTheWaitingCgroup)
   const double kernel_delay =
       static_cast<double>(wakee_after.run_delay_ns - wakee_before.run_delay_ns);
   EXPECT_NEAR(static_cast<double>(x.sum_ns), kernel_delay, 0.03 * kernel_delay);
-  uint64_t waker_long_waits = 0;
-  for (int slot = 10; slot < SCHED_HIST_SLOTS; ++slot) waker_long_waits += y.slots[slot];
-  EXPECT_EQ(waker_long_waits, 0u) << "the FIFO waker never waits ~ms: nothing charged to it";
+  // The waker's cgroup is charged its own waits and nothing of the wakee's (12 x ~24 ms). Its
+  // truth is its own run_delay, read by itself: on a quiet machine the FIFO waker hardly waits,
+  // but under outside load it can wait for ms before it becomes FIFO (CI saw it), so "no long
+  // waits" was not a property of kpulse. 1 ms: waits between its own read and its exit.
+  EXPECT_LE(static_cast<double>(y.sum_ns), static_cast<double>(waker_delay_ns) + 1e6)
+      << "waker run_delay " << waker_delay_ns << " ns";
   EXPECT_DOUBLE_EQ(SlotUpperBoundSeconds(kExpectedSlot), 0.033554432);
 }
 
