@@ -151,24 +151,25 @@ tl::expected<void, std::string> ProbeManager::Apply(const Config& config,
   const std::shared_ptr<SchedUnit> old_sched = sched_;
   metrics_.Atomically([&](MetricsEndpoint::Changes& changes) {
     const std::lock_guard lock(mutex_);
-    if (retrans != retrans_) {
-      if (retrans_) Unregister(*retrans_, changes);
-      if (retrans) Register(*retrans, changes);
-      retrans_ = retrans;
-    } else if (retrans_) {
-      Reconfigure(*retrans_, config, exports);
-    }
-    if (sched != sched_) {
-      if (sched_) Unregister(*sched_, changes);
-      if (sched) Register(*sched, changes);
-      sched_ = sched;
-    } else if (sched_) {
-      Reconfigure(*sched_, config, exports);
-    }
+    MoveTo(retrans_, retrans, config, exports, changes);
+    MoveTo(sched_, sched, config, exports, changes);
     config_ = config;
   });
   self_.SetProbes(Statuses());
   return {};
+}
+
+template <typename Unit>
+void ProbeManager::MoveTo(std::shared_ptr<Unit>& current, const std::shared_ptr<Unit>& next,
+                          const Config& config, const ExportSettings& exports,
+                          MetricsEndpoint::Changes& changes) {
+  if (next == current) {
+    if (current) Reconfigure(*current, config, exports);
+    return;
+  }
+  if (current) Unregister(*current, changes);
+  if (next) Register(*next, changes);
+  current = next;
 }
 
 std::vector<ProbeStatus> ProbeManager::Statuses() const {

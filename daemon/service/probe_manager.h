@@ -86,6 +86,11 @@ class ProbeManager {
   void Unregister(RetransUnit& unit, MetricsEndpoint::Changes& changes);
   void Unregister(SchedUnit& unit, MetricsEndpoint::Changes& changes);
   void Reconfigure(RetransUnit& unit, const Config& config, const ExportSettings& exports);
+  // `current` becomes `next`: the same unit is reconfigured, another one replaces it.
+  template <typename Unit>
+  void MoveTo(std::shared_ptr<Unit>& current, const std::shared_ptr<Unit>& next,
+              const Config& config, const ExportSettings& exports,
+              MetricsEndpoint::Changes& changes);
   void Reconfigure(SchedUnit& unit, const Config& config, const ExportSettings& exports);
 
   MetricsEndpoint& metrics_;
