@@ -388,17 +388,14 @@ class Daemon {
     if (!web_.source.empty() || !SameHttp(config_.http, next.http)) {
       http_error = RestartHttp(next, next_web);
     }
+    // The probes run the new settings either way; the old http ones are served again if the new
+    // ones could not listen.
     if (http_error.empty()) {
       web_ = std::move(next_web);
-      config_ = std::move(next);
-      return "";
+    } else {
+      next.http = config_.http;
     }
-    config_.tcp_retransmit = next.tcp_retransmit;  // The probes did move to the new settings.
-    config_.runqueue_latency = next.runqueue_latency;
-    config_.offcpu = next.offcpu;
-    config_.cgroups = next.cgroups;
-    config_.series = next.series;
-    config_.log_level = next.log_level;
+    config_ = std::move(next);
     return http_error;
   }
 
