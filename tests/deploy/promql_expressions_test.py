@@ -189,13 +189,16 @@ class ExpressionsParse(unittest.TestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("$nosuch", result.stderr)
 
-    def test_variable_queries_become_their_series(self):
+    def test_variables_annotations_and_collapsed_rows(self):
         dashboard = {"templating": {"list": [
             {"type": "query", "name": "a", "query": 'label_values(m{x="1,2"}, instance)'},
             {"type": "query", "name": "b", "query": {"query": "label_values(job)"}},
             {"type": "query", "name": "c", "query": {"query": "query_result(topk(3, up))"}},
             {"type": "query", "name": "d", "query": "label_names()"},
             {"type": "datasource", "name": "ds", "query": "prometheus"}]},
+            "annotations": {"list": [{"name": "old", "expr": "changes(x[5m]) > 0"},
+                                     {"name": "new", "target": {"expr": "y", "refId": "Anno"}},
+                                     {"name": "builtin", "builtIn": 1}]},
             "panels": [{"type": "row", "id": 9, "collapsed": True, "panels": [
                 {"id": 10, "title": "inner", "targets": [{"refId": "Z", "expr": "up"}]}]}]}
         path = os.path.join(self.tmp, "d.json")
@@ -203,7 +206,8 @@ class ExpressionsParse(unittest.TestCase):
             json.dump(dashboard, f)
         _, records = run_tool("--panel-title", path)
         self.assertEqual([(r["name"], r["expr"]) for r in records],
-                         [("panel/10/Z", "up"), ("variable/a", 'm{x="1,2"}'),
+                         [("panel/10/Z", "up"), ("annotation/old", "changes(x[5m]) > 0"),
+                          ("annotation/new", "y"), ("variable/a", 'm{x="1,2"}'),
                           ("variable/c", "topk(3, up)")])
         self.assertEqual(records[0]["panel_title"], "inner")
 
