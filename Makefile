@@ -20,13 +20,28 @@ TEST_DEPS := nftables iproute2 procps prometheus systemd dpkg-dev file lintian a
 
 .PHONY: deps build run test bench deb clean
 
+# python3-yaml: deploy/tools/gen-prometheusrule and the ConfigMap check of tests/kubernetes.
+# Node.js and npm for tests/kubernetes (the manifests against the Kubernetes OpenAPI models):
+# Debian's nodejs and npm when node or npm is missing; a node that bundles its own npm (e.g.
+# nodesource's) is left alone, since Debian's npm package conflicts with it. Then `npm ci` there,
+# only when node_modules is missing or older than package-lock.json.
 deps:
-	@missing=""; for p in $(BUILD_DEPS) $(TEST_DEPS); do \
+	@missing=""; for p in $(BUILD_DEPS) $(TEST_DEPS) python3-yaml; do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi; \
+	if ! command -v npm >/dev/null 2>&1; then \
+	  echo "installing: npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; \
+	fi; \
+	cd tests/kubernetes && \
+	if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
+	  echo "npm ci in tests/kubernetes"; \
+	  npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
 build: deps
