@@ -262,6 +262,8 @@ class ChurnTest : public ::testing::TestWithParam<SchedHook> {
     ASSERT_EQ(sched_->hook(), ToString(GetParam()));
     RetransConfig retrans;
     retrans.max_cgroups = kSlots;
+    // The hook that delivered every event under this test's load (see the churn test's comment).
+    retrans.hook = RetransHook::kTracepoint;
     retrans_ = RetransProbe::Start(retrans);
     const auto root = FindCgroup2Mount();
     ASSERT_TRUE(root);
@@ -313,10 +315,12 @@ class ChurnTest : public ::testing::TestWithParam<SchedHook> {
 // equal. Blocked time is the workers' own wall - on-CPU - run_delay on CLOCK_MONOTONIC against
 // kpulse on the run queue's clock: 3%, as in offcpu_test. SYN retransmits: the per-cgroup series
 // plus the deleted totals must equal kpulse's node count exactly (churn loses nothing), and the
-// node count must equal TcpExt TCPSynRetrans; in some runs of this session the node count fell
-// short by up to 23 of 500 (no failed attempt, no recursion miss recorded), with the wakeup hook
-// missing those workers' wakeups at the same time: an open bug of event delivery under this load,
-// independent of cgroups (docs/design.md, "Cgroup churn"), so that last check allows 5%.
+// node count plus failed attempts must equal TcpExt TCPSynRetrans exactly. The retransmit probe
+// runs on the classic tracepoint here: on tp_btf, with both CPUs saturated, this kernel (6.18)
+// ran the program for fewer tcp_retransmit_skb hits than happened (6 of 8 runs short: 4,923 to
+// 4,989 of 5,000; a run counter inside the program counted 4,953 where `perf stat` counted 5,000
+// hits, and recursion_misses stayed 0), while the classic tracepoint saw 5,000 of 5,000 in 2 of 2
+// runs (docs/design.md, "Cgroup churn"). That loss is outside the churn handling this test is about.
 // Run on the default (sched_info) hook; the wakeup hook's churn behaviour is covered by the two
 // tests below, on a scale where its own clock's tolerance holds.
 using ChurnSchedInfoTest = ChurnTest;
@@ -430,8 +434,7 @@ TEST_P(ChurnSchedInfoTest, FiveThousandCgroupsThroughOneThousandSlotsStayExact) 
     const uint64_t node_syn = after.node_syn - before.node_syn;
     EXPECT_EQ(delta.syn, node_syn) << "the test's cgroups and the deleted totals hold every SYN "
                                       "retransmit kpulse counted for the node";
-    EXPECT_LE(node_syn + delta.syn_failures, batch_truth.syn);
-    EXPECT_GE(node_syn + delta.syn_failures, batch_truth.syn - batch_truth.syn / 20)
+    EXPECT_EQ(node_syn + delta.syn_failures, batch_truth.syn)
         << delta.syn_failures << " failed attempts, "
         << after.retrans_misses - before.retrans_misses << " recursion misses, "
         << after.node_other_kinds - before.node_other_kinds << " of other kinds";
