@@ -14,9 +14,9 @@ BUILD_DEPS := cmake make g++ clang llvm pkg-config bpftool libbpf-dev libelf-dev
               libexpected-dev libgtest-dev libgmock-dev libgnutls28-dev libcrypt-dev libcap-dev
 # The package test (tests/packaging) also needs dpkg-dev (dpkg-shlibdeps), file (CPack's shlibdeps),
 # lintian, adduser, init-system-helpers (deb-systemd-helper), libcap2-bin (capsh) and curl; the
-# TLS tests curl and openssl.
+# TLS tests curl and openssl; deploy/tools/render-panels (the alerts e2e test) gnuplot-nox.
 TEST_DEPS := nftables iproute2 procps prometheus systemd dpkg-dev file lintian adduser \
-             init-system-helpers libcap2-bin curl util-linux openssl
+             init-system-helpers libcap2-bin curl util-linux openssl gnuplot-nox
 
 .PHONY: deps build run test bench deb clean
 
