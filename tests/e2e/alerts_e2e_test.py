@@ -422,6 +422,8 @@ def main(binary):
 
 
 if __name__ == "__main__":
+    # A SIGTERM (ctest's timeout, a CI cancel) unwinds through the cleanup like a failure.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("FAILED: terminated"))
     try:
         main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "build", "daemon", "kpulse"))
     except Skip as skip:
