@@ -3,7 +3,10 @@
 // layouts round after round, with the scheduler probes loaded and kernel BPF stats on. Prints the
 // BPF ns per sched_switch run and the round trips per second for each layout, as ratios to the
 // 1-cgroup layout of the same invocation, for the default probes and for variants that show where
-// the spread cost goes (run queue only; every histogram in the shared arrays).
+// the spread cost goes (run queue only; every histogram in the shared arrays), and for two
+// controls (bpf/bench/spread_control.bpf.c) that do only kpulse's per-task work on the same
+// tracepoint, without any per-cgroup map: what the spread costs that work is the kernel's own
+// per-cgroup footprint, not kpulse's per-cgroup state.
 //
 // usage: kpulse_cgroup_spread_bench [rounds=3] [seconds_per_round=1] [pairs=1000]   (root)
 #include <bpf/bpf.h>
@@ -14,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +27,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +36,7 @@
 #include "bench_util.h"
 #include "bpf/sched_probe.h"
 #include "cgroup/cgroup_resolver.h"
+#include "spread_control.skel.h"
 
 namespace {
 
@@ -118,6 +124,37 @@ class Layouts {
   std::vector<std::string> dirs_;
 };
 
+// The control object, one of its two programs loaded and attached.
+class ControlProbe {
+ public:
+  static std::unique_ptr<ControlProbe> Start(bool with_cgroup_id) {
+    auto control = std::unique_ptr<ControlProbe>(new ControlProbe);
+    spread_control_bpf* skel = spread_control_bpf__open();
+    if (!skel) return nullptr;
+    control->skel_ = skel;
+    bpf_program__set_autoload(skel->progs.sched_switch_control, !with_cgroup_id);
+    bpf_program__set_autoload(skel->progs.sched_switch_control_cgid, with_cgroup_id);
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);  // as SchedProbe does: task->start_time's clock
+    skel->rodata->task_epoch_ns =
+        static_cast<uint64_t>(now.tv_sec) * 1000000000 + static_cast<uint64_t>(now.tv_nsec);
+    if (spread_control_bpf__load(skel) != 0 || spread_control_bpf__attach(skel) != 0) {
+      return nullptr;
+    }
+    return control;
+  }
+  ~ControlProbe() {
+    if (skel_) spread_control_bpf__destroy(skel_);
+  }
+  ControlProbe(const ControlProbe&) = delete;
+  ControlProbe& operator=(const ControlProbe&) = delete;
+  const bpf_object* object() const { return skel_->obj; }
+
+ private:
+  ControlProbe() = default;
+  spread_control_bpf* skel_ = nullptr;
+};
+
 struct Cost {
   uint64_t runs = 0, ns = 0;
 };
@@ -163,13 +200,18 @@ int main(int argc, char** argv) {
   struct Variant {
     std::string name;
     kpulse::SchedProbeOptions options;
+    enum { kKpulse, kControl, kControlCgroupId } probe = kKpulse;
   };
-  std::vector<Variant> variants(3);
+  std::vector<Variant> variants(5);
   variants[0].name = "runq+offcpu (default)";
   variants[1].name = "runq only";
   variants[1].options.offcpu.enabled = false;
   variants[2].name = "runq+offcpu, all shared";
   variants[2].options.hot_histogram_bytes = 0;
+  variants[3].name = "control: task state";
+  variants[3].probe = Variant::kControl;
+  variants[4].name = "control: +cgroup id";
+  variants[4].probe = Variant::kControlCgroupId;
 
   PingPongPairs tasks(pairs, cpu);
   Layouts cgroups(*root, 2 * pairs);
@@ -180,16 +222,30 @@ int main(int argc, char** argv) {
               "ns/switch", "ratio");
   for (const Variant& variant : variants) {
     const int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
-    auto probe = kpulse::SchedProbe::Start(variant.options);
+    std::unique_ptr<kpulse::SchedProbe> probe;
+    std::unique_ptr<ControlProbe> control;
+    const bpf_object* object = nullptr;
+    if (variant.probe == Variant::kKpulse) {
+      probe = kpulse::SchedProbe::Start(variant.options);
+      if (probe) object = probe->object();
+    } else {
+      control = ControlProbe::Start(variant.probe == Variant::kControlCgroupId);
+      if (control) object = control->object();
+    }
+    if (!object) {
+      std::fprintf(stderr, "kpulse_cgroup_spread_bench: %s did not load\n", variant.name.c_str());
+      cgroups.Release(tasks.pids());
+      return 1;
+    }
     std::map<int, std::vector<double>> rates, ns;
     for (int round = 0; round < rounds; ++round) {
       for (int groups : layouts) {
         cgroups.Spread(tasks.pids(), groups);
         std::this_thread::sleep_for(300ms);  // every task has switched in its new cgroup
-        const Cost before = SwitchProgramCost(probe->object());
+        const Cost before = SwitchProgramCost(object);
         const uint64_t trips_before = tasks.trips();
         std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
-        const Cost after = SwitchProgramCost(probe->object());
+        const Cost after = SwitchProgramCost(object);
         const uint64_t trips = tasks.trips() - trips_before;
         rates[groups].push_back(static_cast<double>(trips) / seconds);
         ns[groups].push_back(static_cast<double>(after.ns - before.ns) /
@@ -197,6 +253,7 @@ int main(int argc, char** argv) {
       }
     }
     probe.reset();
+    control.reset();
     close(stats_fd);
     const double base_rate = Median(rates[1]), base_ns = Median(ns[1]);
     for (int groups : layouts) {
